@@ -1,0 +1,40 @@
+# Two commands: `make up` (install, then run) and `make test` (install, then check).
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch, from this machine's disk; on a GPU box: make up TORCH=torch
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+CHECK := gpt
+
+.PHONY: install dev up train test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+
+dev: $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+
+# The nanoGPT README's CPU run, through gptjobs' engine: about 3 minutes on two cores.
+train: install
+	$(BIN)/python -m gpt train --dataset=shakespeare_char --device=cpu --compile=False --eval_iters=20 \
+		--log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 \
+		--max_iters=2000 --lr_decay_iters=2000 --dropout=0.0 --out_dir=out-shakespeare-char
+
+up: train
+
+lint: dev
+	$(BIN)/ruff check $(CHECK) tests bench
+	$(BIN)/ruff format --check $(CHECK) tests bench
+	$(BIN)/mypy $(CHECK)
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out-shakespeare-char .gptjobs

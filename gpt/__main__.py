@@ -1,0 +1,136 @@
+"""Command line: `python -m gpt train --key=value ...` and `python -m gpt sample ...`.
+
+The one place in gpt/ that prints. `train` takes nanoGPT's options unchanged and prints
+nanoGPT's familiar lines, with evaluation and checkpoint times on lines of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+USAGE = """usage: python -m gpt train [CONFIG.json] [--key=value ...]
+       python -m gpt sample [--out_dir=DIR] [--start=TEXT|FILE:path] [--num_samples=N]
+                            [--max_new_tokens=N] [--temperature=T] [--top_k=K] [--seed=S]
+
+train keys are nanoGPT's (train.py): --dataset=shakespeare_char --device=cpu --compile=False
+--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 ..."""
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """A JSON config file (optional, first) then --key=value pairs, later ones winning."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        if not arg.startswith("--"):
+            out.update(json.loads(Path(arg).read_text()))
+            continue
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            raise SystemExit(f"expected --{key}=VALUE, got {arg!r}\n\n{USAGE}")
+        out[key] = value
+    return out
+
+
+def format_event(ev: dict[str, Any]) -> str | None:
+    t = ev["type"]
+    if t == "iter":
+        mfu = ev.get("mfu_avg")
+        mfu_s = f"{mfu * 100:.2f}%" if mfu is not None else "n/a"
+        return f"iter {ev['iter']}: loss {ev['loss']:.4f}, time {ev['step_ms']:.2f}ms, mfu {mfu_s}"
+    if t == "eval":
+        return (
+            f"step {ev['iter']}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}\n"
+            f"  (eval took {ev['eval_ms']:.0f}ms, counted in no iteration's time)"
+        )
+    if t == "checkpoint":
+        best = ", best so far" if ev["best"] else ""
+        return f"saving checkpoint to {ev['path']} ({ev['bytes'] / 1e6:.1f} MB in {ev['ckpt_ms']:.0f}ms{best})"
+    if t == "warning":
+        return f"warning [{ev['code']}] at iter {ev['iter']}: {ev['message']}"
+    if t == "status":
+        return f"{ev['status']}: {ev['reason']}"
+    if t == "sample":
+        return f"sample at iter {ev['iter']}:\n{ev['prompt']}{ev['text']}\n---------------"
+    return None
+
+
+def cmd_train(args: list[str]) -> int:
+    from gpt.config import ConfigError, make_config
+
+    try:
+        cfg = make_config(parse_overrides(args))
+    except ConfigError as e:
+        for field, reason in e.errors.items():
+            print(f"error: {field}: {reason}", file=sys.stderr)
+        return 2
+    from gpt.train import train
+
+    stop = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal stop
+        if stop:  # a second Ctrl-C: give up on the checkpoint
+            raise KeyboardInterrupt
+        stop = True
+        print("\nstopping after this iteration (checkpoint first); Ctrl-C again to abort", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    status = "failed"
+    for ev in train(cfg, should_stop=lambda: stop):
+        line = format_event(ev)
+        if line:
+            print(line, flush=True)
+        if ev["type"] == "status":
+            status = ev["status"]
+    return {"succeeded": 0, "cancelled": 130}.get(status, 1)
+
+
+def cmd_sample(args: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m gpt sample", prefix_chars="-")
+    p.add_argument("--out_dir", default="out")
+    p.add_argument("--ckpt", default="ckpt.pt", help="file in out_dir: ckpt.pt (latest) or best.pt")
+    p.add_argument("--start", default="\n", help="prompt text, or FILE:path to read it from a file")
+    p.add_argument("--num_samples", type=int, default=10)
+    p.add_argument("--max_new_tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(args)
+    from gpt import sample
+
+    start = Path(a.start[5:]).read_text() if a.start.startswith("FILE:") else a.start
+    path = Path(a.out_dir) / a.ckpt
+    if not path.exists():
+        print(f"error: no checkpoint at {path}", file=sys.stderr)
+        return 2
+    m = sample.load(path, a.device)
+    try:
+        m.tokenizer.encode(start)
+    except ValueError as e:
+        print(f"error: --start: {e}", file=sys.stderr)
+        return 2
+    for _ in range(a.num_samples):
+        text = sample.generate(
+            m, start, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, seed=a.seed
+        )[0]
+        a.seed += 1  # each sample its own stream, all reproducible
+        print(start + text, flush=True)
+        print("---------------", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("train", "sample"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    return cmd_train(argv[1:]) if argv[0] == "train" else cmd_sample(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Training configuration: nanoGPT's train.py keys and defaults, validated.
+
+This module imports nothing heavy (no torch), because the API validates configs with it
+and must start fast without a GPU stack. Device-dependent defaults ("auto") are resolved
+later, by gpt.train, on the machine that actually trains.
+
+Resolution order, like nanoGPT's `python train.py config/<recipe>.py --key=value`:
+train.py defaults  <-  the dataset's recipe (built-in datasets only)  <-  the user's keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TOKENIZERS = ("char", "gpt2")
+INIT_FROM = ("scratch", "resume")
+
+# A built-in dataset is a text source plus its tokenizer, and carries the recipe nanoGPT
+# ships for it (config/train_shakespeare_char.py), so that `--dataset=shakespeare_char`
+# behaves like nanoGPT's README command without naming the config file.
+_SHAKESPEARE_RECIPE: dict[str, Any] = {
+    "out_dir": "out-shakespeare-char",
+    "eval_interval": 250,  # small data overfits fast: look often
+    "eval_iters": 200,
+    "log_interval": 10,
+    "always_save_checkpoint": False,  # only write when val improves
+    "gradient_accumulation_steps": 1,
+    "batch_size": 64,
+    "block_size": 256,  # context of up to 256 previous characters
+    "n_layer": 6,
+    "n_head": 6,
+    "n_embd": 384,
+    "dropout": 0.2,
+    "learning_rate": 1e-3,  # a baby network can take a big learning rate
+    "max_iters": 5000,
+    "lr_decay_iters": 5000,  # usually equal to max_iters
+    "min_lr": 1e-4,  # learning_rate / 10
+    "beta2": 0.99,  # bigger because there are few tokens per iteration
+    "warmup_iters": 100,
+}
+BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
+    "shakespeare_char": {"source": "tinyshakespeare", "tokenizer": "char", "recipe": _SHAKESPEARE_RECIPE},
+    "shakespeare": {
+        "source": "tinyshakespeare",
+        "tokenizer": "gpt2",
+        "recipe": {**_SHAKESPEARE_RECIPE, "out_dir": "out-shakespeare", "learning_rate": 6e-4, "min_lr": 6e-5},
+    },
+}
+
+GPT2_VOCAB_SIZE = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+CHAR_VOCAB_LIMIT = 65535  # token ids are stored as uint16
+
+
+class ConfigError(ValueError):
+    """Bad configuration. `errors` maps each offending field to the reason."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"
+    eval_interval: int = 2000
+    log_interval: int = 1
+    eval_iters: int = 200
+    eval_only: bool = False  # evaluate once, then stop
+    always_save_checkpoint: bool = True  # else only when val loss improves
+    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    # data
+    dataset: str = "shakespeare_char"  # built-in name, or a path to a UTF-8 text file
+    gradient_accumulation_steps: int = 40  # nanoGPT's 5 * 8 (it divides by world size; we run one process)
+    batch_size: int = 12  # micro-batch size when gradient_accumulation_steps > 1
+    block_size: int = 1024
+    # model
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # 0 for pretraining, 0.1+ for finetuning
+    bias: bool = False  # bias in Linears and LayerNorms, like GPT-2
+    # AdamW
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip gradients at this norm; 0 disables
+    # learning rate schedule
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000  # ~= max_iters per Chinchilla
+    min_lr: float = 6e-5  # ~= learning_rate / 10 per Chinchilla
+    # system
+    device: str = "auto"  # cuda > mps > cpu
+    dtype: str = "auto"  # bfloat16 where supported, else float16 on CUDA; float32 elsewhere
+    compile: bool | None = None  # None: on for CUDA, off elsewhere
+    # ours
+    seed: int = 1337
+    peak_flops: float | None = None  # overrides the device table for MFU
+    tokenizer: str | None = None  # 'char' or 'gpt2'; None: the dataset's own
+    sample_prompts: list[str] = field(default_factory=list)  # sampled at each eval, if any
+    sample_tokens: int = 200
+
+    # --- derived ---------------------------------------------------------------------
+    def resolved_tokenizer(self) -> str:
+        if self.tokenizer:
+            return self.tokenizer
+        return BUILTIN_DATASETS.get(self.dataset, {}).get("tokenizer", "char")
+
+    def tokens_per_iter(self) -> int:
+        return self.gradient_accumulation_steps * self.batch_size * self.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a JSON or command-line value into the field's type, or raise ValueError."""
+    kind = str(FIELDS[name].type)
+    optional = kind.endswith(" | None")
+    base = kind.removesuffix(" | None")
+    if isinstance(value, str) and base != "str":
+        value = value.strip()
+        if optional and value.lower() in ("none", "null"):
+            return None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("must not be null")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
+        raise ValueError("must be true or false")
+    if base == "int":
+        if isinstance(value, bool):
+            raise ValueError("must be an integer")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)  # accepts 2000.0 and "2e3"
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("must be an integer") from None
+        if f.is_integer() and abs(f) < 2**62:
+            return int(f)
+        raise ValueError("must be an integer")
+    if base == "float":
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        try:
+            f = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("must be a number") from None
+        if not math.isfinite(f):
+            raise ValueError("must be a finite number")
+        return f
+    if base == "str":
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+    if base == "list[str]":
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ValueError("must be a list of strings")
+    raise AssertionError(f"no coercion for {name}: {kind}")
+
+
+def n_params(cfg: TrainConfig, vocab_size: int | None = None) -> int:
+    """Parameter count of the model this config builds (wte tied with lm_head)."""
+    v = vocab_size or (GPT2_VOCAB_SIZE if cfg.resolved_tokenizer() == "gpt2" else 65)
+    d, b = cfg.n_embd, int(cfg.bias)
+    norms = 2 * d * (1 + b)
+    attention = 4 * d * d + 4 * d * b  # qkv (3 d x d) and output projection
+    mlp = 8 * d * d + 5 * d * b  # up to 4d and back down
+    per_layer = norms + attention + mlp
+    return v * d + cfg.block_size * d + cfg.n_layer * per_layer + d * (1 + b)
+
+
+def make_config(
+    overrides: dict[str, Any] | None = None,
+    *,
+    max_params: int | None = None,
+    allow_paths: bool = True,
+) -> TrainConfig:
+    """Build a validated TrainConfig from user keys (JSON values or command-line strings).
+
+    Raises ConfigError naming every bad field and why. `max_params` is a limit on the
+    model's size set by whoever runs the service; `allow_paths` lets `dataset` name a
+    local text file (the command line does; a remote API should not).
+    """
+    overrides = dict(overrides or {})
+    errors: dict[str, str] = {}
+    for key in overrides:
+        if key not in FIELDS:
+            errors[key] = "unknown key (not a training option)"
+    values: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        if key in FIELDS:
+            try:
+                values[key] = _coerce(key, raw)
+            except ValueError as e:
+                errors[key] = f"{e} (got {raw!r})"
+
+    dataset = values.get("dataset", TrainConfig.dataset)
+    if "dataset" not in errors:
+        if dataset in BUILTIN_DATASETS:
+            values = {**BUILTIN_DATASETS[dataset]["recipe"], **values}
+        elif not (allow_paths and os.path.isfile(dataset)):
+            known = ", ".join(BUILTIN_DATASETS)
+            errors["dataset"] = f"unknown dataset {dataset!r}; choose one of: {known}" + (
+                ", or a path to a UTF-8 text file" if allow_paths else ""
+            )
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k not in errors})
+    errors.update({k: v for k, v in check(cfg, max_params=max_params).items() if k not in errors})
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def check(cfg: TrainConfig, *, max_params: int | None = None) -> dict[str, str]:
+    """Field -> reason for every value that cannot train; empty when the config is good."""
+    e: dict[str, str] = {}
+    positive = ["eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size"]
+    positive += ["block_size", "n_layer", "n_head", "n_embd", "sample_tokens"]
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            e[name] = f"must be a positive integer (got {getattr(cfg, name)})"
+    for name in ("max_iters", "warmup_iters", "lr_decay_iters"):
+        if getattr(cfg, name) < 0:
+            e[name] = f"must be 0 or more (got {getattr(cfg, name)})"
+    if cfg.n_head > 0 and cfg.n_embd > 0 and cfg.n_embd % cfg.n_head:
+        e["n_embd"] = f"must be divisible by n_head ({cfg.n_embd} is not a multiple of {cfg.n_head})"
+    if not 0.0 <= cfg.dropout < 1.0:
+        e["dropout"] = f"must be in [0, 1) (got {cfg.dropout})"
+    if cfg.learning_rate <= 0:
+        e["learning_rate"] = f"must be positive (got {cfg.learning_rate})"
+    if cfg.min_lr < 0:
+        e["min_lr"] = f"must be 0 or more (got {cfg.min_lr})"
+    elif cfg.min_lr > cfg.learning_rate and "learning_rate" not in e:
+        e["min_lr"] = f"must not exceed learning_rate ({cfg.min_lr} > {cfg.learning_rate})"
+    if cfg.weight_decay < 0:
+        e["weight_decay"] = f"must be 0 or more (got {cfg.weight_decay})"
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            e[name] = f"must be in [0, 1) (got {getattr(cfg, name)})"
+    if cfg.grad_clip < 0:
+        e["grad_clip"] = f"must be 0 (off) or positive (got {cfg.grad_clip})"
+    if cfg.decay_lr and cfg.lr_decay_iters < cfg.warmup_iters:
+        e["lr_decay_iters"] = (
+            f"must be at least warmup_iters ({cfg.lr_decay_iters} < {cfg.warmup_iters}): "
+            "the cosine decay starts where the warmup ends"
+        )
+    if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
+        e["device"] = f"must be one of {', '.join(DEVICES)} or cuda:N (got {cfg.device!r})"
+    if cfg.dtype not in DTYPES:
+        e["dtype"] = f"must be one of {', '.join(DTYPES)} (got {cfg.dtype!r})"
+    if cfg.init_from not in INIT_FROM:
+        hint = " (pretrained GPT-2 weights need a download; this service trains offline)"
+        e["init_from"] = f"must be one of {', '.join(INIT_FROM)}" + (hint if cfg.init_from.startswith("gpt2") else "")
+    if cfg.tokenizer is not None and cfg.tokenizer not in TOKENIZERS:
+        e["tokenizer"] = f"must be one of {', '.join(TOKENIZERS)} (got {cfg.tokenizer!r})"
+    if cfg.peak_flops is not None and cfg.peak_flops <= 0:
+        e["peak_flops"] = f"must be positive FLOP/s (got {cfg.peak_flops})"
+    if not cfg.out_dir:
+        e["out_dir"] = "must not be empty"
+    if max_params is not None and not e:
+        n = n_params(cfg)
+        if n > max_params:
+            e["n_layer"] = (
+                f"model too large: {n / 1e6:.2f}M parameters exceeds the limit of {max_params / 1e6:.2f}M "
+                "(reduce n_layer, n_embd or block_size)"
+            )
+    return e

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gpt.config import ConfigError, TrainConfig, make_config, n_params
+
+
+def errors(**over: object) -> dict[str, str]:
+    with pytest.raises(ConfigError) as e:
+        make_config(over)
+    return e.value.errors
+
+
+def test_nanogpt_defaults_and_recipe() -> None:
+    assert TrainConfig().learning_rate == 6e-4 and TrainConfig().n_layer == 12
+    cfg = make_config({"dataset": "shakespeare_char", "n_layer": "4", "compile": "False", "max_iters": "2e3"})
+    # the recipe of nanoGPT's config/train_shakespeare_char.py, under the user's keys
+    assert (cfg.learning_rate, cfg.beta2, cfg.warmup_iters, cfg.gradient_accumulation_steps) == (1e-3, 0.99, 100, 1)
+    assert (cfg.n_layer, cfg.compile, cfg.max_iters) == (4, False, 2000)
+
+
+@pytest.mark.parametrize(
+    "over, field, words",
+    [
+        ({"n_embd": 100, "n_head": 3}, "n_embd", "divisible by n_head"),
+        ({"batch_size": 0}, "batch_size", "positive"),
+        ({"n_layer": -1}, "n_layer", "positive"),
+        ({"warmup_iters": 500, "lr_decay_iters": 100}, "lr_decay_iters", "at least warmup_iters"),
+        ({"dataset": "openwebtext"}, "dataset", "unknown dataset"),
+        ({"learnign_rate": 1.0}, "learnign_rate", "unknown key"),
+        ({"batch_size": "many"}, "batch_size", "integer"),
+        ({"dropout": 1.5}, "dropout", "[0, 1)"),
+        ({"learning_rate": "nan"}, "learning_rate", "finite"),
+        ({"device": "tpu"}, "device", "one of"),
+        ({"init_from": "gpt2-xl"}, "init_from", "download"),
+        ({"bias": "maybe"}, "bias", "true or false"),
+    ],
+)
+def test_validation_names_field_and_reason(over: dict[str, object], field: str, words: str) -> None:
+    errs = errors(**over)
+    assert field in errs and words in errs[field], errs
+
+
+def test_all_errors_reported_at_once() -> None:
+    assert {"n_embd", "batch_size", "nope"} <= set(errors(n_embd=10, n_head=3, batch_size=-2, nope=1))
+
+
+def test_model_size_limit() -> None:
+    cfg = make_config({"dataset": "shakespeare_char"})
+    assert 10.6e6 < n_params(cfg) < 10.8e6  # nanoGPT prints 10.65M for this model
+    with pytest.raises(ConfigError) as e:
+        make_config({"dataset": "shakespeare_char"}, max_params=1_000_000)
+    assert "too large" in str(e.value) and "10.7" in str(e.value)
+
+
+def test_paths_refused_when_not_allowed(tmp_path) -> None:
+    f = tmp_path / "t.txt"
+    f.write_text("hello")
+    assert make_config({"dataset": str(f)}).dataset == str(f)
+    with pytest.raises(ConfigError):
+        make_config({"dataset": str(f)}, allow_paths=False)
+
+
+def test_config_imports_without_torch() -> None:
+    code = "import sys, gpt.config; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
