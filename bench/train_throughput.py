@@ -15,11 +15,12 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 
 import torch
 
-from gpt.config import make_config
-from gpt.data import prepare
+from gpt.config import TrainConfig, make_config
+from gpt.data import Dataset, prepare
 from gpt.model import GPT, GPTConfig
 from gpt.train import lr_at, train
 
@@ -41,10 +42,9 @@ CONFIG = dict(
 )
 
 
-def bare_loop(cfg, data):  # type: ignore[no-untyped-def]
+def bare_loop(cfg: TrainConfig, data: Dataset) -> Iterator[float]:
     """The same model and optimizer, stepped with nothing else around it."""
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size)
     model = GPT(GPTConfig(**args, bias=cfg.bias, vocab_size=data.vocab_size, dropout=cfg.dropout))
     opt = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), "cpu")
@@ -53,7 +53,7 @@ def bare_loop(cfg, data):  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(it, cfg)
-        x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen, torch.device("cpu"))
+        x, y = data.batch("train", cfg.batch_size, cfg.block_size, torch.device("cpu"))
         _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpt.logfmt import format_event
+
 USAGE = """usage: python -m gpt train [CONFIG.json] [--key=value ...]
        python -m gpt sample [--out_dir=DIR] [--start=TEXT|FILE:path] [--num_samples=N]
                             [--max_new_tokens=N] [--temperature=T] [--top_k=K] [--seed=S]
@@ -33,29 +35,6 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             raise SystemExit(f"expected --{key}=VALUE, got {arg!r}\n\n{USAGE}")
         out[key] = value
     return out
-
-
-def format_event(ev: dict[str, Any]) -> str | None:
-    t = ev["type"]
-    if t == "iter":
-        mfu = ev.get("mfu_avg")
-        mfu_s = f"{mfu * 100:.2f}%" if mfu is not None else "n/a"
-        return f"iter {ev['iter']}: loss {ev['loss']:.4f}, time {ev['step_ms']:.2f}ms, mfu {mfu_s}"
-    if t == "eval":
-        return (
-            f"step {ev['iter']}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}\n"
-            f"  (eval took {ev['eval_ms']:.0f}ms, counted in no iteration's time)"
-        )
-    if t == "checkpoint":
-        best = ", best so far" if ev["best"] else ""
-        return f"saving checkpoint to {ev['path']} ({ev['bytes'] / 1e6:.1f} MB in {ev['ckpt_ms']:.0f}ms{best})"
-    if t == "warning":
-        return f"warning [{ev['code']}] at iter {ev['iter']}: {ev['message']}"
-    if t == "status":
-        return f"{ev['status']}: {ev['reason']}"
-    if t == "sample":
-        return f"sample at iter {ev['iter']}:\n{ev['prompt']}{ev['text']}\n---------------"
-    return None
 
 
 def cmd_train(args: list[str]) -> int:
@@ -81,8 +60,7 @@ def cmd_train(args: list[str]) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     status = "failed"
     for ev in train(cfg, should_stop=lambda: stop):
-        line = format_event(ev)
-        if line:
+        for line in format_event(ev):
             print(line, flush=True)
         if ev["type"] == "status":
             status = ev["status"]

