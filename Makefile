@@ -1,10 +1,10 @@
-# Two commands: `make up` (install, then run) and `make test` (install, then check).
+# Two commands: `make up` (install, then run the service) and `make test` (install, then check).
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch, from this machine's disk; on a GPU box: make up TORCH=torch
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
-CHECK := gpt
+CHECK := gpt api worker migrations
 
 .PHONY: install dev up train test lint clean
 
@@ -26,7 +26,10 @@ train: install
 		--log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 \
 		--max_iters=2000 --lr_decay_iters=2000 --dropout=0.0 --out_dir=out-shakespeare-char
 
-up: train
+# The service on this machine: Redis, migrations, API on :8000, a training and a sampling
+# worker. Ctrl-C stops it all.
+up: install
+	$(BIN)/gptjobs up
 
 lint: dev
 	$(BIN)/ruff check $(CHECK) tests bench
