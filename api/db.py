@@ -1,0 +1,173 @@
+"""Tables, engines and the event write path shared by the API and the worker.
+
+Torch-free. The schema is changed only by Alembic (migrations/); nothing here calls
+create_all. SQLite gets WAL + busy_timeout, and writers BEGIN IMMEDIATE: a deferred
+transaction that reads and then writes fails at once with "database is locked" when
+another process committed in between, an immediate one waits its turn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+from sqlalchemy import JSON, Column, Index, Text, event, func, insert, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+RUN_STATUSES = ("queued", "running", "recovering", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+EVENT_TYPES = ("iter", "eval", "checkpoint", "status", "warning", "sample")
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_created_id", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    name: str | None = Field(default=None, max_length=200)
+    status: str = Field(default="queued", max_length=16, index=True)
+    reason: str | None = Field(default=None, sa_type=Text)
+    config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # validated, defaults filled in
+    attempt: int = 0  # deliveries that started training; issue 5's leases carry it
+    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    request_hash: str | None = Field(default=None, max_length=64)  # same key, other body -> 409
+    created_at: float  # epoch seconds, like the events' ts; floats sort and compare exactly
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_run_type_seq", "run_id", "type", "seq"),)
+
+    run_id: str = Field(foreign_key="runs.id", primary_key=True, max_length=32)
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    type: str = Field(max_length=16)
+    iter: int | None = None
+    attempt: int = 1
+    body: str = Field(sa_column=Column(Text, nullable=False))  # the event's JSON exactly as on the wire
+
+
+# Typed column access for Core queries: SQLModel types `Run.status` as a str, which
+# type checkers reject inside select()/where().
+R = Run.__table__.c  # type: ignore[attr-defined]
+E = Event.__table__.c  # type: ignore[attr-defined]
+
+
+# --- the event wire format ---------------------------------------------------------------
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: (id, {b"s": seq, b"e": event JSON[, b"f": 1]})
+
+
+def entries(resp: Any) -> list[Entry]:
+    """redis-py types replies loosely; stream replies (without decode_responses) are these."""
+    return cast(list[Entry], resp or [])
+
+
+def stream_key(run_id: str) -> str:
+    return f"run:{run_id}:events"
+
+
+def cancel_key(run_id: str) -> str:
+    return f"run:{run_id}:cancel"
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # NaN is not JSON; a NaN loss reaches clients as null (the warning names it)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def dumps(ev: dict[str, Any]) -> str:
+    try:
+        return json.dumps(ev, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(ev), separators=(",", ":"))
+
+
+def is_final(ev: dict[str, Any]) -> bool:
+    return ev.get("type") == "status" and ev.get("status") in TERMINAL
+
+
+def event_row(ev: dict[str, Any], body: str) -> dict[str, Any]:
+    it = ev.get("iter")
+    return {
+        "run_id": ev["run_id"],
+        "seq": ev["seq"],
+        "type": ev["type"],
+        "iter": it if isinstance(it, int) else None,
+        "attempt": ev.get("attempt", 1),
+        "body": body,
+    }
+
+
+def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """One executemany for a batch: 10k single-row commits take seconds, one batch ~0.1 s."""
+    if rows:
+        session.execute(insert(Event), list(rows))
+
+
+def last_seq(session: Session, run_id: str) -> int:
+    return session.execute(select(func.max(E.seq)).where(E.run_id == run_id)).scalar() or 0
+
+
+# --- engines ----------------------------------------------------------------------------
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+    cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; FULL costs an fsync per commit
+    cur.execute("PRAGMA busy_timeout=30000")  # wait for the write lock instead of failing
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str, *, writer: bool = False) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    if writer:
+
+        @event.listens_for(engine, "connect")
+        def _no_implicit_begin(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # pysqlite would BEGIN (deferred) on its own
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Database:
+    """A read engine and a write engine on one URL (the same engine outside SQLite)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.read_engine = make_engine(url)
+        self.write_engine = make_engine(url, writer=True) if url.startswith("sqlite") else self.read_engine
+
+    def session(self) -> Session:
+        return Session(self.read_engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One short write transaction; commits on success, rolls back on error."""
+        with Session(self.write_engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    def dispose(self) -> None:
+        self.read_engine.dispose()
+        if self.write_engine is not self.read_engine:
+            self.write_engine.dispose()

@@ -1,0 +1,76 @@
+"""The FastAPI app: `uvicorn api.main:app` (or `gptjobs serve`). Never imports torch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from api.db import Database
+from api.queue import make_celery
+from api.relay import Relay
+from api.routes import runs
+from api.schemas import Health
+from api.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings or get_settings()
+        app.state.settings = s
+        app.state.db = Database(s.db_url)
+        # One pool for the process; each followed run holds one connection in XREAD, so
+        # lift redis-py's default cap of 100 well above the number of runs watched at once.
+        app.state.redis = aioredis.Redis.from_url(s.redis_url, max_connections=1000)
+        app.state.relay = Relay(app.state.redis, block_ms=s.xread_block_ms, queue_size=s.ws_queue_size)
+        app.state.celery = make_celery(s)
+        try:
+            yield
+        finally:
+            await app.state.relay.close()
+            await app.state.redis.aclose()
+            app.state.db.dispose()
+
+    app = FastAPI(
+        title="gptjobs",
+        summary="Train nanoGPT-style models remotely: submit runs, follow their metrics live.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(runs.router)
+
+    @app.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    async def healthz(request: Request) -> JSONResponse:
+        """200 when the database and Redis both answer, else 503 naming the one that does not."""
+        state = request.app.state
+        result = {"database": "ok", "redis": "ok"}
+
+        def ping_db() -> None:
+            with state.db.session() as s:
+                s.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(run_in_threadpool(ping_db), 5)
+        except Exception as e:
+            result["database"] = f"error: {type(e).__name__}: {e}"
+        try:
+            await asyncio.wait_for(state.redis.ping(), 5)
+        except Exception as e:
+            result["redis"] = f"error: {type(e).__name__}: {e}"
+        ok = result == {"database": "ok", "redis": "ok"}
+        return JSONResponse(result, status_code=200 if ok else 503)
+
+    return app
+
+
+app = create_app()

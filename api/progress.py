@@ -1,0 +1,80 @@
+"""A run's progress, derived from its events: the events table is the only record."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlmodel import Session
+
+from api.db import E, Run
+
+RECENT = 50  # iter events the median step time looks at: recent enough to follow a change
+
+
+class Warning_(BaseModel):
+    code: str | None = None
+    message: str | None = None
+    iter: int | None = None
+
+
+class Progress(BaseModel):
+    iter: int | None = None
+    max_iters: int | None = None
+    fraction: float | None = None
+    loss: float | None = None
+    lr: float | None = None
+    best_val_loss: float | None = None
+    last_val_loss: float | None = None
+    median_step_ms: float | None = None
+    mfu: float | None = None  # null where the device's peak FLOP/s is unknown
+    tokens_per_s: float | None = None
+    tokens_seen: int | None = None
+    eta_s: float | None = None
+    last_seq: int = 0
+    warnings: list[Warning_] = []
+
+
+def _bodies(s: Session, run_id: str, type_: str, *, newest: int | None = None) -> list[dict[str, Any]]:
+    q = select(E.body).where(E.run_id == run_id, E.type == type_)
+    q = q.order_by(E.seq.desc()).limit(newest) if newest else q.order_by(E.seq)
+    return [json.loads(b) for b in s.execute(q).scalars()]
+
+
+def progress(s: Session, run: Run) -> Progress:
+    cfg = run.config
+    p = Progress(max_iters=cfg.get("max_iters"))
+    p.last_seq = s.execute(select(E.seq).where(E.run_id == run.id).order_by(E.seq.desc()).limit(1)).scalar() or 0
+    iters = _bodies(s, run.id, "iter", newest=RECENT)
+    evals = _bodies(s, run.id, "eval")
+    p.warnings = [Warning_(**{k: w.get(k) for k in ("code", "message", "iter")}) for w in _bodies(s, run.id, "warning")]
+    if iters:
+        last = iters[0]
+        p.iter, p.loss, p.lr, p.mfu = (
+            last.get("iter"),
+            last.get("loss"),
+            last.get("lr"),
+            last.get("mfu_avg", last.get("mfu")),
+        )
+        p.tokens_per_s = last.get("tokens_per_s")
+        steps = [e["step_ms"] for e in iters if isinstance(e.get("step_ms"), int | float)]
+        p.median_step_ms = statistics.median(steps) if steps else None
+    vals = [e["val_loss"] for e in evals if isinstance(e.get("val_loss"), int | float)]
+    if vals:
+        p.best_val_loss, p.last_val_loss = min(vals), vals[-1]
+    if p.iter is not None:
+        tpi = cfg.get("gradient_accumulation_steps", 1) * cfg.get("batch_size", 1) * cfg.get("block_size", 1)
+        p.tokens_seen = (p.iter + 1) * tpi  # iter i reports the (i+1)-th step
+        if p.max_iters:
+            p.fraction = min(1.0, p.iter / p.max_iters)
+        if p.max_iters is not None and p.median_step_ms is not None and run.status == "running":
+            left = max(0, p.max_iters - p.iter)
+            eta_ms = left * p.median_step_ms
+            eval_ms = [e["eval_ms"] for e in evals if isinstance(e.get("eval_ms"), int | float)]
+            if eval_ms and cfg.get("eval_interval"):
+                eta_ms += (left // cfg["eval_interval"]) * statistics.median(eval_ms)  # evals are not steps
+            p.eta_s = eta_ms / 1000
+    return p

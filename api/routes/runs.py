@@ -1,0 +1,434 @@
+"""/runs: create, list, read, cancel, and follow training runs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+
+import anyio
+import redis.asyncio as aioredis
+from celery import Celery
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from api.db import (
+    EVENT_TYPES,
+    RUN_STATUSES,
+    TERMINAL,
+    Database,
+    E,
+    R,
+    Run,
+    cancel_key,
+    dumps,
+    entries,
+    event_row,
+    insert_events,
+    last_seq,
+    stream_key,
+)
+from api.progress import progress
+from api.queue import TRAIN_QUEUE, TRAIN_TASK
+from api.relay import Relay, follow
+from api.schemas import EventsPage, Problem, RunCreate, RunDetail, RunList, RunPublic
+from api.settings import Settings
+from gpt.config import ConfigError, make_config
+from gpt.logfmt import format_event
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "no run with this id"}}
+RunId = Annotated[str, Path(min_length=1, max_length=32, description="the run's id, as POST /runs returned it")]
+
+
+def _state(request: Request) -> Any:
+    return request.app.state
+
+
+def get_db(request: Request) -> Database:
+    return _state(request).db
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return _state(request).settings
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    return _state(request).redis
+
+
+def get_celery(request: Request) -> Celery:
+    return _state(request).celery
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def invalid(loc: tuple[str, ...], msg: str, value: Any = None) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, so clients parse one error format."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+def _load(db: Database, run_id: str) -> Run:
+    with db.session() as s:
+        run = s.get(Run, run_id)
+    if run is None:
+        raise HTTPException(404, f"run {run_id!r} not found")
+    return run
+
+
+# --- create ---------------------------------------------------------------------------------
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RunPublic,
+    responses={
+        200: {"model": RunPublic, "description": "a repeat of an earlier request with the same Idempotency-Key"},
+        409: {"model": Problem, "description": "Idempotency-Key already used with a different body"},
+        503: {"model": Problem, "description": "the queue (Redis) is unreachable; the run is marked failed"},
+    },
+)
+def create_run(
+    body: RunCreate,
+    response: Response,
+    db: DbDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> RunPublic:
+    """Queue a training run. The config is validated now; a bad key is a 422 naming it and why."""
+    try:
+        cfg = make_config(body.config, max_params=settings.max_params, allow_paths=False)
+    except ConfigError as e:
+        raise RequestValidationError(
+            [
+                {"type": "value_error", "loc": ("body", "config", k), "msg": v, "input": body.config.get(k)}
+                for k, v in e.errors.items()
+            ]
+        ) from None
+    digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
+    if idempotency_key and (earlier := _replay(db, idempotency_key, digest)):
+        response.status_code = 200
+        return earlier
+    run_id = secrets.token_hex(8)
+    config = cfg.to_dict()
+    config["out_dir"] = f"runs/{run_id}"  # the server chooses: under its data directory
+    run = Run(
+        id=run_id,
+        name=body.name,
+        config=config,
+        idempotency_key=idempotency_key,
+        request_hash=digest if idempotency_key else None,
+        created_at=time.time(),
+    )
+    try:
+        with db.transaction() as s:
+            s.add(run)
+    except IntegrityError:
+        if idempotency_key and (earlier := _replay(db, idempotency_key, digest)):  # lost a race with a twin
+            response.status_code = 200
+            return earlier
+        raise
+    try:
+        celery.send_task(TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
+    except Exception as e:
+        with db.transaction() as s:
+            s.execute(
+                update(Run)
+                .where(R.id == run_id, R.status == "queued")
+                .values(status="failed", reason=f"could not queue the run: {e}", finished_at=time.time())
+            )
+        raise HTTPException(503, f"could not queue the run (is Redis up?): {e}") from None
+    return RunPublic.of(run)
+
+
+def _replay(db: Database, key: str, digest: str) -> RunPublic | None:
+    with db.session() as s:
+        run = s.execute(select(Run).where(R.idempotency_key == key)).scalar_one_or_none()
+    if run is None:
+        return None
+    if run.request_hash != digest:
+        raise HTTPException(409, "Idempotency-Key was already used with a different request body")
+    return RunPublic.of(run)
+
+
+# --- read -----------------------------------------------------------------------------------
+
+
+def _encode_cursor(run: Run) -> str:
+    return base64.urlsafe_b64encode(f"{run.created_at!r}|{run.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return float(created), run_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid(("query", "cursor"), "not a cursor this server gave out", cursor) from None
+
+
+@router.get("", response_model=RunList)
+def list_runs(
+    db: DbDep,
+    status: Annotated[str | None, Query(description="comma-separated statuses, e.g. queued,running")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor from the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> RunList:
+    """Runs, newest first."""
+    q = select(Run).order_by(R.created_at.desc(), R.id.desc()).limit(limit + 1)
+    if status:
+        wanted = [x.strip() for x in status.split(",") if x.strip()]
+        bad = [x for x in wanted if x not in RUN_STATUSES]
+        if bad or not wanted:
+            raise invalid(("query", "status"), f"unknown status {bad}; choose from {', '.join(RUN_STATUSES)}", status)
+        q = q.where(R.status.in_(wanted))
+    if cursor:
+        created, run_id = _decode_cursor(cursor)
+        q = q.where(or_(R.created_at < created, (R.created_at == created) & (R.id < run_id)))
+    with db.session() as s:
+        runs = list(s.execute(q).scalars())
+    more = len(runs) > limit
+    runs = runs[:limit]
+    return RunList(runs=[RunPublic.of(r) for r in runs], next_cursor=_encode_cursor(runs[-1]) if more else None)
+
+
+@router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
+def get_run(run_id: RunId, db: DbDep) -> RunDetail:
+    """The run, with a `progress` summary computed from its events."""
+    with db.session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise HTTPException(404, f"run {run_id!r} not found")
+        return RunDetail(**RunPublic.of(run).model_dump(), progress=progress(s, run))
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+def _cancel_queued(db: Database, run_id: str, stream_seq: int) -> dict[str, Any] | None:
+    """queued -> cancelled plus its status event, in one transaction; None if not queued.
+
+    The only seq assigned outside the worker: safe, because no worker ever claimed the
+    run (the conditional UPDATE decides that race), and it continues after anything an
+    earlier attempt left in the database or on the stream.
+    """
+    now = time.time()
+    reason = "cancelled before it started"
+    with db.transaction() as s:
+        res = s.execute(
+            update(Run)
+            .where(R.id == run_id, R.status == "queued")
+            .values(status="cancelled", reason=reason, finished_at=now)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        attempt = s.execute(select(R.attempt).where(R.id == run_id)).scalar_one()
+        seq = max(last_seq(s, run_id), stream_seq) + 1
+        ev = {"run_id": run_id, "seq": seq, "attempt": attempt, "type": "status", "ts": now}
+        ev |= {"status": "cancelled", "reason": reason}
+        insert_events(s, [event_row(ev, dumps(ev))])
+    return ev
+
+
+@router.post(
+    "/{run_id}/cancel",
+    response_model=RunPublic,
+    responses={
+        **NOT_FOUND,
+        202: {"model": RunPublic, "description": "running: asked to stop; it checkpoints, then ends cancelled"},
+        409: {"model": Problem, "description": "the run has already ended"},
+        503: {"model": Problem, "description": "Redis is unreachable, so a running run cannot be told"},
+    },
+)
+async def cancel_run(run_id: RunId, response: Response, db: DbDep, r: RedisDep) -> RunPublic:
+    """Cancel a run. A queued run ends `cancelled` at once (200) without reaching a worker;
+    a running one is asked to stop (202) and ends `cancelled` after writing a checkpoint."""
+    run = await run_in_threadpool(_load, db, run_id)
+    if run.status == "queued":
+        try:
+            tail = entries(await r.xrevrange(stream_key(run_id), count=1))
+            stream_seq = int(tail[0][1][b"s"]) if tail else 0
+        except RedisError:
+            stream_seq = 0
+        ev = await run_in_threadpool(_cancel_queued, db, run_id, stream_seq)
+        if ev is not None:
+            try:  # followers waiting on the stream see the end now; others find it in the database
+                fields = {"s": ev["seq"], "e": dumps(ev), "f": 1}
+                await r.xadd(stream_key(run_id), fields)  # type: ignore[arg-type]
+            except RedisError:
+                pass
+            return RunPublic.of(await run_in_threadpool(_load, db, run_id))
+        run = await run_in_threadpool(_load, db, run_id)  # a worker claimed it meanwhile
+    if run.status in TERMINAL:
+        raise HTTPException(409, f"run already ended: {run.status}")
+    try:
+        await r.set(cancel_key(run_id), 1, ex=7 * 86400)
+    except RedisError as e:
+        raise HTTPException(503, f"could not reach Redis to cancel the run: {e}") from None
+    response.status_code = 202
+    return RunPublic.of(run)
+
+
+# --- events and log -------------------------------------------------------------------------
+
+
+def _types(type_: str | None) -> list[str] | None:
+    if not type_:
+        return None
+    wanted = [t.strip() for t in type_.split(",") if t.strip()]
+    bad = [t for t in wanted if t not in EVENT_TYPES]
+    if bad or not wanted:
+        raise invalid(("query", "type"), f"unknown event type {bad}; choose from {', '.join(EVENT_TYPES)}", type_)
+    return wanted
+
+
+def _downsampled(db: Database, run_id: str, after: int, types: list[str] | None, max_points: int) -> tuple[list, int]:
+    """Every non-iter event, and at most max_points iter events evenly spread (first and last kept)."""
+    base = [E.run_id == run_id, E.seq > after]
+    with db.session() as s:
+        other = [E.type != "iter"] + ([E.type.in_(types)] if types else [])
+        rows = list(s.execute(select(E.seq, E.body).where(*base, *other)).all())
+        if types is None or "iter" in types:
+            n = s.execute(select(func.count()).where(*base, E.type == "iter")).scalar_one()
+            stride = max(1, math.ceil((n - 1) / (max_points - 1)))  # first, every stride-th, and the last
+            rn = func.row_number().over(order_by=E.seq).label("rn")
+            sub = select(E.seq, E.body, rn).where(*base, E.type == "iter").subquery()
+            keep = or_((sub.c.rn - 1) % stride == 0, sub.c.rn == n)
+            rows += s.execute(select(sub.c.seq, sub.c.body).where(keep)).all()
+        newest = s.execute(select(func.max(E.seq)).where(*base)).scalar() or after
+    rows.sort(key=lambda row: row[0])
+    return rows, newest
+
+
+@router.get("/{run_id}/events", response_model=EventsPage, responses=NOT_FOUND)
+def get_events(
+    run_id: RunId,
+    db: DbDep,
+    after: Annotated[int, Query(ge=0, description="return events with seq greater than this")] = 0,
+    type: Annotated[str | None, Query(description="comma-separated event types, e.g. iter,eval")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    max_points: Annotated[
+        int | None,
+        Query(ge=2, le=100_000, description="for charts: thin iter events to about this many; keeps all others"),
+    ] = None,
+) -> Response:
+    """The run's history in the event format, cursor-based. With max_points the whole range
+    comes in one response (limit does not apply)."""
+    types = _types(type)
+    _load(db, run_id)
+    if max_points is not None:
+        rows, next_after = _downsampled(db, run_id, after, types, max_points)
+        more = False
+    else:
+        q = select(E.seq, E.body).where(E.run_id == run_id, E.seq > after)
+        if types:
+            q = q.where(E.type.in_(types))
+        with db.session() as s:
+            rows = list(s.execute(q.order_by(E.seq).limit(limit + 1)).all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_after = rows[-1][0] if rows else after
+    # The stored JSON is the wire format: splice it in rather than parse and re-encode.
+    body = '{"events":[' + ",".join(b for _, b in rows) + f'],"next_after":{next_after},"has_more":{json.dumps(more)}}}'
+    return Response(body, media_type="application/json")
+
+
+def _log_lines(db: Database, run_id: str, after: int) -> Iterator[str]:
+    while True:
+        with db.session() as s:
+            rows = s.execute(
+                select(E.seq, E.body).where(E.run_id == run_id, E.seq > after).order_by(E.seq).limit(5000)
+            ).all()
+        yield "".join(line + "\n" for _, b in rows for line in format_event(json.loads(b)))
+        if len(rows) < 5000:
+            return
+        after = rows[-1][0]
+
+
+@router.get(
+    "/{run_id}/log",
+    response_class=StreamingResponse,
+    responses={**NOT_FOUND, 200: {"content": {"text/plain": {}}, "description": "nanoGPT-style lines"}},
+)
+def get_log(
+    run_id: RunId,
+    request: Request,
+    db: DbDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    follow_: Annotated[bool, Query(alias="follow", description="keep streaming until the run ends")] = False,
+) -> StreamingResponse:
+    """The run as the lines nanoGPT prints (`iter 10: loss 3.1, time 33.22ms, mfu 11.07%`)."""
+    _load(db, run_id)
+    if not follow_:
+        return StreamingResponse(_log_lines(db, run_id, after), media_type="text/plain; charset=utf-8")
+    st = request.app.state
+
+    async def lines() -> AsyncIterator[str]:
+        async for body in follow(db, st.redis, st.relay, run_id, after, idle_s=st.settings.idle_check_s):
+            yield "".join(line + "\n" for line in format_event(json.loads(body)))
+
+    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
+
+
+# --- live -----------------------------------------------------------------------------------
+
+
+@router.websocket("/{run_id}/stream")
+async def stream(websocket: WebSocket, run_id: str, after: Annotated[int, Query(ge=0)] = 0) -> None:
+    """Every event after seq `after`: history first, then live, ending with the final
+    `status` event and a normal close (1000). Reconnect with the last seq seen to miss
+    nothing and see nothing twice. An unknown run closes with 4404."""
+    st = websocket.app.state
+    db: Database = st.db
+    relay: Relay = st.relay
+    await websocket.accept()
+    try:
+        await run_in_threadpool(_load, db, run_id)
+    except HTTPException:
+        await websocket.close(code=4404, reason="run not found")
+        return
+
+    async def send_all() -> None:
+        try:
+            async for body in follow(db, st.redis, relay, run_id, after, idle_s=st.settings.idle_check_s):
+                await websocket.send_text(body)
+            await websocket.close(code=1000, reason="run ended")
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away mid-send
+
+    async def until_client_leaves() -> None:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+
+    # The receiver beside the sender is how a client that leaves is noticed at once;
+    # whichever finishes first cancels the other, so no task outlives the socket.
+    async with anyio.create_task_group() as tg:
+
+        async def run_then_cancel(fn: Any) -> None:
+            await fn()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(run_then_cancel, send_all)
+        tg.start_soon(run_then_cancel, until_client_leaves)
+    if websocket.application_state == WebSocketState.CONNECTED:
+        await websocket.close(code=1000)

@@ -1,0 +1,266 @@
+"""Latency from the worker's XADD to receipt by WebSocket clients, on loopback.
+
+Starts a redis-server and the API (uvicorn, its own process), creates a run, connects N
+WebSocket clients to /runs/{id}/stream, then a separate emitter process pushes iter events
+through the worker's own EventSink (XADD + batched SQLite writes) at a fixed rate. Each
+event's `ts` is stamped just before it is handed to the sink; each client records
+arrival time minus ts. Bar (issue 3): p99 <= 20 ms at 100 clients, 200 events/s.
+
+    python bench/stream_latency.py [--clients 1 100] [--rate 200] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from api.cli import free_port, redis_binary  # noqa: E402
+
+
+def emit(run_id: str, rate: float, seconds: float) -> None:
+    """The emitter process: what a worker does with each event, at `rate` events/s."""
+    import redis
+
+    from api.db import Database
+    from api.settings import get_settings
+    from worker.sink import EventSink
+
+    s = get_settings()
+    sink = EventSink(Database(s.db_url), redis.Redis.from_url(s.redis_url), s, run_id, attempt=1)
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(n):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sink.should_stop()
+        sink.emit({"type": "iter", "ts": time.time(), "iter": i, "loss": 1.0, "lr": 1e-3, "step_ms": 5.0})
+    sink.emit({"type": "status", "ts": time.time(), "status": "succeeded", "reason": "benchmark done"})
+    sink.close()
+
+
+class Client(asyncio.Protocol):
+    """A minimal WebSocket client: the clients share the machine with the API, so they
+    must not spend its CPU. It parses the server's (unmasked) frames itself, decodes each
+    text message for its seq and ts, and checks that seqs arrive contiguous."""
+
+    def __init__(self, host: str, path: str, latencies: list[float]) -> None:
+        self.host, self.path, self.latencies = host, path, latencies
+        self.buf = bytearray()
+        self.upgraded = False
+        self.fragments: list[bytes] = []
+        self.last_seq: int | None = None
+        self.received = 0
+        self.close_code: int | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buf
+        buf += data
+        pos = 0
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"handshake refused: {bytes(buf[:end])!r}")
+            self.upgraded, pos = True, end + 4
+        n = len(buf)
+        while n - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            if b1 & 0x80:
+                raise RuntimeError("the server masked a frame")
+            length, start = b1 & 0x7F, pos + 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length, start = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            if n - start < length:
+                break
+            payload = bytes(buf[start : start + length])
+            pos = start + length
+            opcode = b0 & 0x0F
+            if opcode in (0, 1, 2):  # continuation, text, binary
+                self.fragments.append(payload)
+                if b0 & 0x80:  # FIN
+                    self.message(now, b"".join(self.fragments))
+                    self.fragments = []
+            elif opcode == 8:  # close: echo it, as the protocol asks
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.send(0x8, payload[:2])
+                assert self.transport is not None
+                self.transport.close()
+            elif opcode == 9:  # ping
+                self.send(0xA, payload)
+        del buf[:pos]
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        # Client frames must be masked; an all-zero mask leaves the payload as it is.
+        assert self.transport is not None and len(payload) < 126
+        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+
+    def message(self, now: float, msg: bytes) -> None:
+        ev = json.loads(msg)
+        if self.last_seq is not None and ev["seq"] != self.last_seq + 1:
+            raise RuntimeError(f"seq {ev['seq']} after {self.last_seq}")
+        self.last_seq = ev["seq"]
+        self.received += 1
+        if ev["type"] == "iter":
+            self.latencies.append((now - ev["ts"]) * 1000)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def clients(ws_url: str, n: int, start_emitter: Callable[[], subprocess.Popen[bytes]]) -> list[float]:
+    latencies: list[float] = []
+    url = urllib.parse.urlsplit(ws_url)
+    loop = asyncio.get_running_loop()
+    conns: list[Client] = []
+    for _ in range(n):
+        _, c = await loop.create_connection(
+            lambda: Client(url.netloc, url.path, latencies), url.hostname, url.port or 80
+        )
+        conns.append(c)
+    await asyncio.sleep(0.5)  # every subscription is in place before the first event
+    emitter = start_emitter()
+    await asyncio.gather(*(c.done for c in conns))
+    emitter.wait()
+    for c in conns:
+        if c.close_code != 1000 or c.received != conns[0].received:
+            raise RuntimeError(f"a client got {c.received} events (first: {conns[0].received}), close {c.close_code}")
+    return latencies
+
+
+def cpu_s(pid: int) -> float:
+    """User+system CPU seconds of a process: a cost that contention on a shared machine cannot inflate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_case(base_env: dict[str, str], api_url: str, api_pid: int, n_clients: int, rate: float, seconds: float) -> None:
+    import time as _t
+
+    from api.db import Database, Run
+
+    db = Database(base_env["GPTJOBS_DATABASE_URL"])
+    run_id = f"bench{n_clients}x{int(_t.time())}"
+    with db.transaction() as s:
+        s.add(Run(id=run_id, status="running", config={}, attempt=1, created_at=_t.time()))
+    db.dispose()
+
+    def start_emitter() -> subprocess.Popen[bytes]:
+        argv = [sys.executable, __file__, "--emit", run_id, "--rate", str(rate), "--seconds", str(seconds)]
+        return subprocess.Popen(argv, env=base_env)
+
+    ws_url = api_url.replace("http", "ws") + f"/runs/{run_id}/stream"
+    api_cpu, own_cpu = cpu_s(api_pid), time.process_time()
+    lat = asyncio.run(clients(ws_url, n_clients, start_emitter))
+    api_cpu, own_cpu = cpu_s(api_pid) - api_cpu, time.process_time() - own_cpu
+    lat.sort()
+    expected = int(rate * seconds) * n_clients
+    q = statistics.quantiles(lat, n=100)
+    print(
+        f"{n_clients:4d} clients, {rate:.0f} events/s: {len(lat)}/{expected} received; "
+        f"p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms, max {lat[-1]:.2f} ms; CPU per delivery: "
+        f"API {api_cpu / len(lat) * 1e6:.0f} us, clients {own_cpu / len(lat) * 1e6:.0f} us",
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 100])
+    ap.add_argument("--rate", type=float, default=200)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--ws", default="websockets-sansio", help="uvicorn's WebSocket implementation")
+    ap.add_argument("--emit", metavar="RUN_ID", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.emit:
+        emit(args.emit, args.rate, args.seconds)
+        return
+
+    from api.migrate import upgrade
+
+    with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d:
+        rport, aport = free_port(), free_port()
+        env = dict(os.environ)
+        env.update(
+            GPTJOBS_DATA_DIR=d,
+            GPTJOBS_REDIS_URL=f"redis://127.0.0.1:{rport}/0",
+            GPTJOBS_DATABASE_URL=f"sqlite:///{d}/gptjobs.db",
+            PYTHONPATH=str(ROOT),
+        )
+        upgrade(env["GPTJOBS_DATABASE_URL"])
+        redis_p = subprocess.Popen(
+            [redis_binary(), "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--dir", d],
+            stdout=subprocess.DEVNULL,
+        )
+        api_argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--port",
+            str(aport),
+            "--log-level",
+            "warning",
+            "--ws",
+            args.ws,
+            # As `gptjobs serve` runs it: no per-message deflate.
+            "--ws-per-message-deflate",
+            "false",
+        ]
+        if os.environ.get("BENCH_PROFILE"):  # development aid: run the API under a profiler script
+            api_argv = [sys.executable, os.environ["BENCH_PROFILE"], str(aport), args.ws, "9"]
+        api_p = subprocess.Popen(api_argv, env=env, cwd=ROOT)
+        url = f"http://127.0.0.1:{aport}"
+        try:
+            for _ in range(200):
+                try:
+                    if urllib.request.urlopen(url + "/healthz", timeout=1).status == 200:
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            for n in args.clients:
+                run_case(env, url, api_p.pid, n, args.rate, args.seconds)
+        finally:
+            api_p.terminate()
+            api_p.wait()
+            redis_p.terminate()
+            redis_p.wait()
+
+
+if __name__ == "__main__":
+    main()

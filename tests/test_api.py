@@ -1,0 +1,81 @@
+"""The API against a real SQLite database, in-process (no Redis needed for these paths)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.migrate import upgrade
+from api.settings import Settings
+from tests.helpers import TINY, free_port
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    # A port nothing listens on: these requests must be answered before Redis is needed.
+    settings = Settings(data_dir=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", max_params=1_000_000)
+    upgrade(settings.db_url)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _errors(resp) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    assert resp.status_code == 422, resp.text
+    return {"/".join(map(str, e["loc"])): e["msg"] for e in resp.json()["detail"]}
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "words"),
+    [
+        ({"n_layer": 0}, "n_layer", "positive"),
+        ({"n_embd": 30, "n_head": 4}, "n_embd", "divisible by n_head"),
+        ({"learning_rate": "fast"}, "learning_rate", "number"),
+        ({"dropout": 1.5}, "dropout", "[0, 1)"),
+        ({"dataset": "/etc/passwd"}, "dataset", "unknown dataset"),
+        ({"nonsense_key": 1}, "nonsense_key", "unknown key"),
+        ({"n_layer": 48, "n_embd": 1024, "n_head": 16}, "n_layer", "too large"),
+        ({"init_from": "gpt2-xl"}, "init_from", "must be one of"),
+    ],
+)
+def test_bad_config_is_422_naming_the_field(client: TestClient, config: dict, field: str, words: str) -> None:
+    errors = _errors(client.post("/runs", json={"config": {**TINY, **config}}))
+    assert f"body/config/{field}" in errors, errors
+    assert words in errors[f"body/config/{field}"]
+
+
+def test_every_bad_field_is_named_at_once(client: TestClient) -> None:
+    errors = _errors(client.post("/runs", json={"config": {"n_layer": -1, "dropout": 2, "bogus": 1}}))
+    assert {"body/config/n_layer", "body/config/dropout", "body/config/bogus"} <= set(errors)
+
+
+def test_bad_body_and_queries(client: TestClient) -> None:
+    assert "body/config" in _errors(client.post("/runs", json={"config": [1, 2]}))
+    assert "body/name" in _errors(client.post("/runs", json={"name": "x" * 201}))
+    assert "query/status" in _errors(client.get("/runs?status=done"))
+    assert "query/cursor" in _errors(client.get("/runs?cursor=%%%"))
+    assert "query/limit" in _errors(client.get("/runs?limit=0"))
+
+
+def test_unknown_run_is_404(client: TestClient) -> None:
+    for method, path in [("get", "/runs/nope"), ("post", "/runs/nope/cancel"), ("get", "/runs/nope/events")]:
+        resp = getattr(client, method)(path)
+        assert resp.status_code == 404, (path, resp.text)
+        assert "not found" in resp.json()["detail"]
+    assert client.get("/runs/nope/log").status_code == 404
+
+
+def test_empty_list_and_docs(client: TestClient) -> None:
+    assert client.get("/runs").json() == {"runs": [], "next_cursor": None}
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"404", "409", "422"} <= set(spec["paths"]["/runs/{run_id}/cancel"]["post"]["responses"])
+
+
+def test_healthz_names_what_is_down(client: TestClient) -> None:
+    resp = client.get("/healthz")
+    assert resp.status_code == 503
+    assert resp.json()["database"] == "ok" and resp.json()["redis"].startswith("error")

@@ -1,0 +1,1 @@
+"""Celery workers: run gpt/ and turn its events into Redis stream entries and database rows."""
