@@ -10,7 +10,6 @@ CHECK := gpt api worker migrations
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"

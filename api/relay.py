@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -33,23 +34,62 @@ log = logging.getLogger(__name__)
 Item = tuple[int, str, bool]  # (seq, event JSON, is the final status)
 
 
-@dataclass(eq=False)
 class Subscription:
-    queue: asyncio.Queue[Item]
-    overflowed: bool = False
+    """One subscriber's buffer of live items, and the one waiter its follower parks on.
+
+    Not an asyncio.Queue: at 200 events/s to 100 sockets the relay's Python overhead per
+    delivery is what limits it, and a Future per wait plus a deque is the least there is.
+    Quiet is noticed by a timer per subscription that fires every idle_s (not a timeout per
+    wait), so a delivery costs no timer."""
+
+    def __init__(self, limit: int, idle_s: float) -> None:
+        self.items: deque[Item] = deque()
+        self.limit, self.idle_s = limit, idle_s
+        self.overflowed = False
+        self.waiter: asyncio.Future[bool] | None = None
+        self.fresh = False  # something was pushed since the last tick
+        self._tick_handle: asyncio.TimerHandle | None = None
 
     def push(self, item: Item) -> None:
         if self.overflowed:
             return
+        if len(self.items) >= self.limit:
+            # A slow client: it will resync from history, not stall others or grow without bound.
+            self.overflowed = True
+            self.items.clear()
+        else:
+            self.items.append(item)
+        self.fresh = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(True)
+
+    async def wait(self) -> bool:
+        """Until there is something to take (True), or no item came for idle_s to 2 * idle_s (False)."""
+        if self.items or self.overflowed:
+            return True
+        loop = asyncio.get_running_loop()
+        if self._tick_handle is None:
+            self._tick_handle = loop.call_later(self.idle_s, self._tick)
+        self.waiter = loop.create_future()
         try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflowed = True  # a slow client: it will resync from history, not stall others
+            return await self.waiter
+        finally:
+            self.waiter = None
+
+    def _tick(self) -> None:
+        if not self.fresh and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(False)
+        self.fresh = False
+        self._tick_handle = asyncio.get_running_loop().call_later(self.idle_s, self._tick)
 
     def reset(self) -> None:
         self.overflowed = False
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        self.items.clear()
+
+    def close(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
 
 
 @dataclass(eq=False)
@@ -72,7 +112,7 @@ class Relay:
         self.tasks: set[asyncio.Task[None]] = set()  # includes stopped readers still finishing a read
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, run_id: str) -> AsyncIterator[Subscription]:
+    async def subscribe(self, run_id: str, idle_s: float = 5.0) -> AsyncIterator[Subscription]:
         """Entries added to the run's stream after this returns reach the subscription."""
         reader = self.readers.get(run_id)
         if reader is None:
@@ -80,12 +120,13 @@ class Relay:
             reader.task = asyncio.create_task(self._read(reader), name=f"relay:{run_id}")
             self.tasks.add(reader.task)
             reader.task.add_done_callback(self.tasks.discard)
-        sub = Subscription(asyncio.Queue(self.queue_size))
+        sub = Subscription(self.queue_size, idle_s)
         reader.subs.add(sub)
         try:
             await reader.ready.wait()
             yield sub
         finally:
+            sub.close()
             reader.subs.discard(sub)
             if not reader.subs and self.readers.get(run_id) is reader:
                 del self.readers[run_id]
@@ -191,7 +232,7 @@ async def follow(
         for item in tail:
             yield item
 
-    async with relay.subscribe(run_id) as sub:
+    async with relay.subscribe(run_id, idle_s) as sub:
 
         async def resync(below: int | None = None) -> AsyncIterator[str]:
             nonlocal last, done
@@ -217,19 +258,9 @@ async def follow(
         if not done:
             async for body in settle():
                 yield body
+        items = sub.items
         while not done:
-            if sub.overflowed:
-                sub.reset()
-                async for body in resync():
-                    yield body
-                continue
-            try:
-                # get_nowait first: on 3.11 wait_for wraps each get in a new task, and at
-                # thousands of events a second that is most of the relay's CPU.
-                item = (
-                    sub.queue.get_nowait() if not sub.queue.empty() else await asyncio.wait_for(sub.queue.get(), idle_s)
-                )
-            except TimeoutError:
+            if not await sub.wait():
                 # Quiet: a Redis restart may have cut the live path, or the run ended
                 # without a live final event; the database knows.
                 async for body in resync():
@@ -238,12 +269,20 @@ async def follow(
                     async for body in settle():
                         yield body
                 continue
-            if item[0] <= last:
-                continue
-            if item[0] > last + 1:
-                async for body in resync(below=item[0]):
+            if sub.overflowed:
+                sub.reset()
+                async for body in resync():
                     yield body
-                if done:
-                    break
-            last, done = item[0], item[2]
-            yield item[1]
+                continue
+            # Drain everything queued per wake-up: under load one wake-up then serves many events.
+            while items and not done:
+                item = items.popleft()
+                if item[0] <= last:
+                    continue
+                if item[0] > last + 1:
+                    async for body in resync(below=item[0]):
+                        yield body
+                    if done:
+                        break
+                last, done = item[0], item[2]
+                yield item[1]

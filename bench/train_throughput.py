@@ -1,28 +1,47 @@
-"""Training throughput: gptjobs' engine against a bare loop of the same model.
+"""Training throughput: gptjobs' engine against a bare loop, and the worker path against both.
 
     python bench/train_throughput.py [--iters 300]
+    python bench/train_throughput.py --worker [--iters 300] [--rounds 2] [--threads N]
 
 Runs the nanoGPT README's CPU config (4 layers, 4 heads, 128 wide, block 64, batch 12)
 two ways in one process, interleaved in blocks so that both see the same machine load:
 the engine (gpt.train.train, events and all) and a bare loop (batch, forward, backward,
 clip, step; no events). Prints the median step time of each and their ratio. nanoGPT's
 own train.py ran this config at 71-75 ms per iteration on the reference machine.
+
+--worker runs the same config (a) in this process through gpt.train and (b) through the
+whole service: POST /runs -> Celery worker process (solo pool) -> events XADDed to Redis
+and written to SQLite -> read back with GET /runs/{id}/events. Rounds alternate a, b so
+both see the same machine load. It prints the median step_ms of each (bar: the worker's
+within 3% of in-process) and the median wall time between iter events, which also counts
+the per-event work the worker adds (JSON, XADD, batched DB writes, the cancel-flag check).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import torch
 
+from api.cli import free_port, redis_binary
+from api.settings import usable_cores
 from gpt.config import TrainConfig, make_config
 from gpt.data import Dataset, prepare
 from gpt.model import GPT, GPTConfig
 from gpt.train import lr_at, train
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = dict(
     dataset="shakespeare_char",
@@ -63,12 +82,103 @@ def bare_loop(cfg: TrainConfig, data: Dataset) -> Iterator[float]:
         it += 1
 
 
+def summarize(events: list[dict[str, Any]], skip: int) -> tuple[float, float]:
+    iters = [e for e in events if e["type"] == "iter"][skip:]
+    step = statistics.median(e["step_ms"] for e in iters)
+    wall = statistics.median((b["ts"] - a["ts"]) * 1e3 for a, b in itertools.pairwise(iters))
+    return step, wall
+
+
+def in_process(config: dict[str, Any], data_dir: str, threads: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as out:
+        cfg = make_config({**config, "out_dir": out})
+        return list(train(cfg, data_dir=data_dir, num_threads=threads))
+
+
+def worker_mode(a: argparse.Namespace) -> None:
+    """The same config in this process and through POST /runs -> Celery worker -> Redis + SQLite."""
+    config = {**CONFIG, "max_iters": a.iters, "lr_decay_iters": a.iters, "log_interval": 1}
+
+    with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d:
+        rport, aport = free_port(), free_port()
+        env = dict(os.environ)
+        env.update(
+            GPTJOBS_DATA_DIR=d,
+            GPTJOBS_REDIS_URL=f"redis://127.0.0.1:{rport}/0",
+            GPTJOBS_DATABASE_URL=f"sqlite:///{d}/gptjobs.db",
+            GPTJOBS_TORCH_THREADS=str(a.threads),
+            PYTHONPATH=str(ROOT),
+        )
+        py = sys.executable
+        procs = [
+            subprocess.Popen(
+                [redis_binary(), "--port", str(rport), "--save", "", "--dir", d], stdout=subprocess.DEVNULL
+            )
+        ]
+        try:
+            subprocess.run([py, "-m", "api.cli", "migrate"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            log = open(os.path.join(d, "services.log"), "wb")  # noqa: SIM115
+            procs.append(
+                subprocess.Popen(
+                    [py, "-m", "api.cli", "serve", "--port", str(aport)], env=env, cwd=ROOT, stdout=log, stderr=log
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [py, "-m", "api.cli", "worker", "--queue", "train"], env=env, cwd=ROOT, stdout=log, stderr=log
+                )
+            )
+            http = httpx.Client(base_url=f"http://127.0.0.1:{aport}", timeout=30)
+            for _ in range(300):
+                try:
+                    if http.get("/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            results: dict[str, list[tuple[float, float]]] = {"in-process": [], "worker": []}
+            for _ in range(a.rounds):
+                results["in-process"].append(
+                    summarize(in_process(config, os.path.join(d, "datasets"), a.threads), a.skip)
+                )
+                run = http.post("/runs", json={"config": config}).json()
+                while (status := http.get(f"/runs/{run['id']}").json()["status"]) in ("queued", "running"):
+                    time.sleep(0.5)
+                assert status == "succeeded", status
+                events, after = [], 0
+                while True:
+                    page = http.get(f"/runs/{run['id']}/events", params={"after": after, "limit": 10000}).json()
+                    events += page["events"]
+                    after = page["next_after"]
+                    if not page["has_more"]:
+                        break
+                results["worker"].append(summarize(events, a.skip))
+        finally:
+            for p in reversed(procs):
+                p.terminate()
+                p.wait()
+    print(f"{a.iters} iters x {a.rounds} rounds, {a.threads} torch threads; medians per round:")
+    for name, rows in results.items():
+        steps = ", ".join(f"{s:.2f}" for s, _ in rows)
+        walls = ", ".join(f"{w:.2f}" for _, w in rows)
+        print(f"  {name:10s} step_ms {steps}   wall ms/iter {walls}")
+    ip = statistics.median(s for s, _ in results["in-process"])
+    wk = statistics.median(s for s, _ in results["worker"])
+    print(f"worker/in-process step_ms: {wk / ip:.3f} (bar: within 3%)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--block", type=int, default=50, help="iterations per turn when interleaving")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--worker", action="store_true", help="compare in-process with the service's worker path")
+    p.add_argument("--rounds", type=int, default=2, help="--worker: alternating rounds")
+    p.add_argument("--threads", type=int, default=usable_cores(), help="--worker: torch threads on both sides")
+    p.add_argument("--skip", type=int, default=20, help="--worker: warm-up iterations left out of the medians")
     a = p.parse_args()
+    if a.worker:
+        worker_mode(a)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_config({**CONFIG, "out_dir": tmp})
         data = prepare(cfg.dataset, cfg.resolved_tokenizer())

@@ -406,10 +406,14 @@ async def stream(websocket: WebSocket, run_id: str, after: Annotated[int, Query(
         await websocket.close(code=4404, reason="run not found")
         return
 
+    # The ASGI send under Starlette's WebSocket.send, which re-checks the connection state
+    # on every message: at thousands of messages a second that check is a cost of its own.
+    send = websocket._send
+
     async def send_all() -> None:
         try:
             async for body in follow(db, st.redis, relay, run_id, after, idle_s=st.settings.idle_check_s):
-                await websocket.send_text(body)
+                await send({"type": "websocket.send", "text": body})
             await websocket.close(code=1000, reason="run ended")
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went away mid-send

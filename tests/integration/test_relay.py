@@ -76,7 +76,7 @@ def test_readers_stop_when_their_last_subscriber_leaves(redis_url: str) -> None:
             async with relay.subscribe(f"gone{k}") as sub:
                 tasks.append(relay.readers[f"gone{k}"].task)
                 await r.xadd(stream_key(f"gone{k}"), {"s": 1, "e": "{}"})
-                await sub.queue.get()  # leave while the reader is back in a blocking XREAD
+                assert await sub.wait()  # leave while the reader is back in a blocking XREAD
         await asyncio.sleep(0.5)
         await r.aclose()
         return [t is not None and t.done() for t in tasks]
