@@ -235,3 +235,31 @@ def test_nanogpt_parity_at_step_250(data_dir: Path, tmp_path: Path) -> None:
     assert evals[-1]["iter"] == 250
     assert evals[-1]["train_loss"] == pytest.approx(2.4293, abs=0.005)
     assert evals[-1]["val_loss"] == pytest.approx(2.4447, abs=0.005)
+
+
+def test_auto_device_on_this_machine(tiny) -> None:
+    from gpt.train import resolve_device
+
+    cfg = tiny(device="auto", dtype="auto", compile=None)
+    device, dtype, compile_ = resolve_device(cfg)
+    if torch.cuda.is_available():
+        assert device == "cuda" and dtype in ("bfloat16", "float16") and compile_
+    else:
+        assert (device, compile_) in (("cpu", False), ("mps", False)) and dtype == "float32"
+
+
+def test_bfloat16_autocast_on_cpu(tiny, data_dir: Path) -> None:
+    events = run(tiny(dtype="bfloat16", max_iters=5), data_dir)
+    assert events[0]["dtype"] == "bfloat16" and events[-1]["status"] == "succeeded"
+    assert all(math.isfinite(e["loss"]) for e in of(events, "iter"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI)")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_autocast_compile_and_mfu(tiny, data_dir: Path, dtype: str) -> None:
+    events = run(tiny(device="cuda", dtype=dtype, compile=True, max_iters=30), data_dir)
+    assert events[-1]["status"] == "succeeded", events[-1]
+    first = events[0]
+    assert first["peak_flops"] is None or first["peak_flops"] > 1e13  # a known GPU gets its table peak
+    if first["peak_flops"]:
+        assert of(events, "iter")[-1]["mfu_avg"] is not None
