@@ -27,7 +27,7 @@ from pathlib import Path
 
 from api.settings import Settings, get_settings
 
-STOP_GRACE_S = 10.0  # a worker gets this long to finish its step before it is killed
+STOP_GRACE_S = 30.0  # a train worker gets this long to checkpoint and requeue its run before it is killed
 
 
 def port_free(host: str, port: int) -> bool:

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from functools import lru_cache
 from typing import Any
 
 import redis
+from celery import signals
 from sqlalchemy import update
 
 from api.db import Database, R, Run, is_final
+from api.queue import TRAIN_TASK
 from api.settings import get_settings, usable_cores
 from gpt.config import make_config
 from worker.app import app
 from worker.sink import EventSink
 
 log = logging.getLogger(__name__)
+
+
+# Set when the worker is asked to stop (Ctrl-C on `gptjobs up`, a container stop): the run
+# in hand checkpoints at its next step and goes back to the queue instead of being lost.
+_shutting_down = threading.Event()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    _shutting_down.set()
 
 
 @lru_cache
@@ -51,21 +64,28 @@ def train(run_id: str) -> None:
         return
     log.info("run %s: attempt %d starting", run_id, run.attempt)
     sink = EventSink(db, _redis(), settings, run_id, run.attempt)
-    ended = False
+    ended = requeue = False
     try:
         out_dir = (settings.runs_dir() / run_id).resolve()
-        cfg = make_config({**run.config, "out_dir": str(out_dir)}, max_params=settings.max_params, allow_paths=False)
+        overrides = {**run.config, "out_dir": str(out_dir)}
+        if run.attempt > 1:
+            overrides["init_from"] = "resume"  # from the newest checkpoint, or from scratch if none
+        cfg = make_config(overrides, max_params=settings.max_params, allow_paths=False)
         from gpt.train import train as train_loop  # torch: the worker warmed it up at start
 
         events = train_loop(
             cfg,
-            should_stop=sink.should_stop,
+            should_stop=lambda: sink.should_stop() or _shutting_down.is_set(),
             data_dir=str(settings.datasets_dir().resolve()),
             num_threads=settings.torch_threads or usable_cores(),
         )
         for ev in events:
+            if is_final(ev) and ev["status"] == "cancelled" and not sink.cancelled:
+                # Stopped by the shutdown, not by the user: back to the queue.
+                requeue = True
+                ev = {**ev, "status": "queued", "reason": _requeue_reason(ev)}
             sink.emit(ev)
-            ended = is_final(ev)
+            ended = is_final(ev) or requeue
         if not ended:
             _fail(sink, "the training loop ended without a final status")
     except Exception as e:
@@ -77,7 +97,14 @@ def train(run_id: str) -> None:
             sink.close()
         except Exception:
             log.exception("run %s: could not flush the last events", run_id)
+    if requeue:
+        app.send_task(TRAIN_TASK, args=[run_id])
+        log.info("run %s: requeued at shutdown, resumes at iter %s", run_id, ev.get("iter"))
     log.info("run %s: attempt %d done", run_id, run.attempt)
+
+
+def _requeue_reason(ev: dict[str, Any]) -> str:
+    return f"the worker shut down; the run resumes from its checkpoint at iter {ev.get('iter')} when a worker starts"
 
 
 def _fail(sink: EventSink, reason: str) -> None:
