@@ -196,9 +196,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="info",
-        # Measured by bench/stream_latency.py: the sans-I/O protocol costs less CPU per
-        # message, and per-message deflate would compress every event once per socket.
-        ws="websockets-sansio",
+        # Measured by bench/stream_latency.py: uvicorn's sans-I/O protocol, with api.ws's
+        # cheaper sends, costs least CPU per message; per-message deflate would compress
+        # every event once per socket (and turns api.ws's fast path off).
+        ws="api.ws:StreamProtocol",
         ws_per_message_deflate=False,
         ws_ping_interval=20,
     )

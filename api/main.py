@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api.db import Database
 from api.queue import make_celery
 from api.relay import Relay
-from api.routes import runs
+from api.routes import runs, samples
 from api.schemas import Health
 from api.settings import Settings, get_settings
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(runs.router)
+    app.include_router(samples.router)
 
     @app.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     async def healthz(request: Request) -> JSONResponse:

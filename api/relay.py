@@ -9,6 +9,11 @@ reference-counted: the first subscriber starts one, the last one stops it.
 client's seq, then the stream's tail the database has not caught up with, then the
 queue, dropping any seq already sent. Since seq is contiguous, a jump means something
 was missed (a full queue, a Redis restart), and the follower reads history again.
+
+Once a follower has caught up (its queue empty), and its socket offers a synchronous send
+(`api.ws`), the reader writes each next event to that socket itself: waking a task per
+socket per event cost more CPU than the write. Anything else (a gap, the final event, a
+socket that cannot take more now) goes back through the queue to the follower.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -32,15 +37,16 @@ from api.db import TERMINAL, Database, E, Entry, R, entries, stream_key
 log = logging.getLogger(__name__)
 
 Item = tuple[int, str, bool]  # (seq, event JSON, is the final status)
+SendNowait = Callable[[str], bool]  # sends one message now, or returns False having sent nothing
 
 
 class Subscription:
-    """One subscriber's buffer of live items, and the one waiter its follower parks on.
+    """One subscriber's buffer of live items, and the one waiter its follower parks on;
+    or, while the follower is caught up, the socket the reader writes to directly.
 
-    Not an asyncio.Queue: at 200 events/s to 100 sockets the relay's Python overhead per
-    delivery is what limits it, and a Future per wait plus a deque is the least there is.
-    Quiet is noticed by a timer per subscription that fires every idle_s (not a timeout per
-    wait), so a delivery costs no timer."""
+    Not an asyncio.Queue, nor wait_for per item: at 200 events/s to 100 sockets the Python
+    per delivery is what limits the relay. Quiet is noticed by a timer per subscription that
+    fires every idle_s, not a timeout per wait, so a delivery costs no timer."""
 
     def __init__(self, limit: int, idle_s: float) -> None:
         self.items: deque[Item] = deque()
@@ -49,8 +55,20 @@ class Subscription:
         self.waiter: asyncio.Future[bool] | None = None
         self.fresh = False  # something was pushed since the last tick
         self._tick_handle: asyncio.TimerHandle | None = None
+        # While set, the follower is caught up at seq `last` and parked; push() sends for it.
+        self.send_nowait: SendNowait | None = None
+        self.last = 0
 
     def push(self, item: Item) -> None:
+        if self.send_nowait is not None:
+            seq = item[0]
+            if seq <= self.last:
+                return
+            if seq == self.last + 1 and not item[2] and self._send_now(item[1]):
+                self.last = seq
+                self.fresh = True
+                return
+            self.send_nowait = None  # a gap, the final event or a full socket: the follower's to handle
         if self.overflowed:
             return
         if len(self.items) >= self.limit:
@@ -62,6 +80,14 @@ class Subscription:
         self.fresh = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(True)
+
+    def _send_now(self, body: str) -> bool:
+        assert self.send_nowait is not None
+        try:
+            return self.send_nowait(body)
+        except Exception:  # never the reader's problem: the follower's own send will fail and end it
+            log.exception("relay: send_nowait failed")
+            return False
 
     async def wait(self) -> bool:
         """Until there is something to take (True), or no item came for idle_s to 2 * idle_s (False)."""
@@ -208,9 +234,19 @@ async def _stream_tail(r: aioredis.Redis, run_id: str, after: int, page: int = 5
 
 
 async def follow(
-    db: Database, r: aioredis.Redis, relay: Relay, run_id: str, after: int, *, idle_s: float = 5.0
-) -> AsyncIterator[str]:
-    """Every event of the run after seq `after`, once each, in order; ends after the final status."""
+    db: Database,
+    r: aioredis.Redis,
+    relay: Relay,
+    run_id: str,
+    after: int,
+    *,
+    idle_s: float = 5.0,
+    send_nowait: SendNowait | None = None,
+) -> AsyncGenerator[str, None]:
+    """Every event of the run after seq `after`, once each, in order; ends after the final status.
+
+    With `send_nowait`, live events may be sent through it instead of yielded, only while
+    the consumer is waiting for the next one: send each yielded event before asking for more."""
     last = after
     done = False
 
@@ -260,7 +296,13 @@ async def follow(
                 yield body
         items = sub.items
         while not done:
-            if not await sub.wait():
+            direct = send_nowait is not None and not items and not sub.overflowed
+            if direct:  # caught up, and everything yielded is sent: the reader takes over
+                sub.last, sub.send_nowait = last, send_nowait
+            woke = await sub.wait()
+            if direct:
+                last, sub.send_nowait = sub.last, None
+            if not woke:
                 # Quiet: a Redis restart may have cut the live path, or the run ended
                 # without a live final event; the database knows.
                 async for body in resync():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.db import Run
 from api.progress import Progress
@@ -72,3 +72,58 @@ class Problem(BaseModel):
 class Health(BaseModel):
     database: str
     redis: str
+
+
+class SampleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key (`max_tokens`) is a 422, not silently ignored
+
+    prompt: str = Field(default="\n", description="text to continue; nanoGPT's sample.py starts from a newline")
+    max_new_tokens: int = Field(default=200, ge=1, description="tokens to generate per sample")
+    temperature: float = Field(
+        default=0.8, ge=0, le=100, allow_inf_nan=False, description="0 is greedy; higher is more random"
+    )
+    top_k: int | None = Field(default=200, ge=1, description="sample among the k likeliest tokens; null: all")
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**63, description="same seed, checkpoint and request: same text; null: a new one"
+    )
+    num_samples: int = Field(default=1, ge=1, description="samples generated together as one batch")
+    checkpoint: Literal["latest", "best"] | Annotated[int, Field(ge=0)] = Field(
+        default="latest", description='"latest", "best" (lowest val loss) or an iter from GET /runs/{id}/checkpoints'
+    )
+    stream: bool = Field(
+        default=False,
+        description="send text as it is generated: text/plain, or server-sent events with Accept: text/event-stream",
+    )
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_vanishing(cls, t: float) -> float:
+        # Logits divided by a tiny temperature overflow float32 to inf, and softmax gives NaN.
+        if 0 < t < 1e-3:
+            raise ValueError("must be 0 (greedy) or at least 0.001")
+        return t
+
+
+class SampleText(BaseModel):
+    text: str = Field(description="what the model wrote after the prompt")
+
+
+class SampleResult(BaseModel):
+    samples: list[SampleText]
+    checkpoint_iter: int = Field(description="the iteration of the checkpoint sampled")
+    new_tokens: int = Field(description="tokens generated, over all samples")
+    tokens_per_s: float | None = Field(description="generation speed on the worker, over all samples")
+    seed: int = Field(description="the seed used: send it back to get the same text again")
+
+
+class CheckpointInfo(BaseModel):
+    iter: int
+    val_loss: float | None = Field(description="null for a checkpoint written at a cancel")
+    best: bool = Field(description="the lowest val loss so far (best.pt)")
+    latest: bool = Field(description="the newest (ckpt.pt)")
+    bytes: int
+    created_at: datetime
+
+
+class CheckpointList(BaseModel):
+    checkpoints: list[CheckpointInfo] = Field(description="the kept checkpoints, oldest first")

@@ -31,6 +31,16 @@ class Settings(BaseSettings):
     cancel_check_s: float = Field(default=0.1, ge=0)  # at most one Redis EXISTS per this many seconds
     torch_threads: int | None = Field(default=None, ge=1)  # None: the cores this process may use
     visibility_timeout_s: int = Field(default=3600, ge=10)
+    keep_checkpoints: int = Field(default=5, ge=1)  # per run, by iter (ckpt-<iter>.pt); the best is kept too
+
+    # Sampling (POST /runs/{id}/samples): limits per request, and the sampling worker
+    sample_max_new_tokens: int = Field(default=2000, ge=1)
+    sample_max_num_samples: int = Field(default=16, ge=1)
+    sample_max_prompt_chars: int = Field(default=20_000, ge=1)
+    sample_models: int = Field(default=4, ge=1)  # checkpoints a sampling worker keeps loaded (LRU)
+    sample_device: str | None = None  # None: cuda if available, else cpu
+    sample_pickup_timeout_s: float = Field(default=10.0, gt=0)  # no sampling worker took the request: 503
+    sample_answer_timeout_s: float = Field(default=60.0, gt=0)  # a worker took it, then went quiet: 504
 
     # API
     ws_queue_size: int = Field(default=2000, ge=10)  # per-subscriber buffer before it resyncs from history

@@ -5,19 +5,27 @@ top: tokenizer (so sampling needs no dataset directory), val_loss, and `resume` 
 data-sampler state) so that a resumed run repeats an uninterrupted one exactly.
 Everything stored is a tensor or a plain value, so `torch.load(weights_only=True)` (the
 default since torch 2.6, and what nanoGPT's sample.py calls) loads it.
+
+Files in a run's out_dir: ckpt.pt (the latest), best.pt, and ckpt-<iter>.pt for the
+checkpoints kept by iteration (`keep`). All three are hard links to one file where they name
+the same checkpoint. The naming helpers import no torch: the API lists and serves these files.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 LATEST = "ckpt.pt"  # the name nanoGPT's sample.py and init_from='resume' look for
 BEST = "best.pt"
+_BY_ITER = re.compile(r"ckpt-(\d+)\.pt")
 
 
 def save(path: Path, state: dict[str, Any]) -> int:
@@ -25,6 +33,8 @@ def save(path: Path, state: dict[str, Any]) -> int:
 
     Returns the size in bytes.
     """
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -39,20 +49,60 @@ def save(path: Path, state: dict[str, Any]) -> int:
     return path.stat().st_size
 
 
-def mark_best(out_dir: Path) -> None:
-    """Make best.pt the checkpoint now in ckpt.pt (a hard link: no second copy on disk)."""
-    tmp = out_dir / f".{BEST}.link"
+def _link(src: Path, dst: Path) -> None:
+    """Atomically make dst name the file src names (a hard link: no second copy on disk)."""
+    tmp = dst.with_name(f".{dst.name}.link")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(out_dir / LATEST, tmp)
+        os.link(src, tmp)
     except OSError:  # a filesystem without hard links
-        import shutil
-
-        shutil.copyfile(out_dir / LATEST, tmp)
-    os.replace(tmp, out_dir / BEST)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def mark_best(out_dir: Path) -> None:
+    """Make best.pt the checkpoint now in ckpt.pt."""
+    _link(out_dir / LATEST, out_dir / BEST)
+
+
+def by_iter(out_dir: Path, iter_num: int) -> Path:
+    return out_dir / f"ckpt-{iter_num}.pt"
+
+
+def kept(out_dir: Path) -> dict[int, Path]:
+    """The checkpoints kept by iteration, {iter: path}, in iteration order."""
+    found = {}
+    if out_dir.is_dir():
+        for p in out_dir.iterdir():
+            if m := _BY_ITER.fullmatch(p.name):
+                found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def keep(out_dir: Path, iter_num: int, keep_last: int) -> None:
+    """Name the checkpoint now in ckpt.pt by its iteration, then forget the names of all but
+    the newest keep_last of them, except the best's: disk use stays bounded however long a
+    run trains, and any of the names left can be sampled or downloaded later."""
+    _link(out_dir / LATEST, by_iter(out_dir, iter_num))
+    best = out_dir / BEST
+    for path in list(kept(out_dir).values())[:-keep_last]:
+        if best.exists() and os.path.samefile(path, best):
+            continue
+        path.unlink(missing_ok=True)
+
+
+def resolve(out_dir: Path, which: str | int) -> Path:
+    """The file for "latest", "best" (the latest while no eval has improved yet) or an iter."""
+    if isinstance(which, int):
+        return by_iter(out_dir, which)
+    if which == "best" and (out_dir / BEST).exists():
+        return out_dir / BEST
+    return out_dir / LATEST
+
+
+def load(path: Path | IO[bytes], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

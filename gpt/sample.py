@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -23,9 +23,10 @@ class Loaded:
     device: torch.device
 
 
-def load(path: str | Path, device: str = "cpu") -> Loaded:
-    """A checkpoint's model in eval mode, with its tokenizer."""
-    state = ckpt.load(Path(path), device)
+def load(path: str | Path | IO[bytes], device: str = "cpu") -> Loaded:
+    """A checkpoint's model in eval mode, with its tokenizer. An open file works too (a
+    caller that must know which file it read stats the descriptor it loads from)."""
+    state = ckpt.load(Path(path) if isinstance(path, str) else path, device)
     args = dict(state["model_args"], dropout=0.0)
     model = GPT(GPTConfig(**args))
     model.load_state_dict(state["model"])

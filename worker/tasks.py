@@ -15,6 +15,7 @@ from sqlalchemy import update
 from api.db import Database, R, Run, is_final
 from api.queue import TRAIN_TASK
 from api.settings import get_settings, usable_cores
+from gpt.checkpoint import keep as keep_checkpoint
 from gpt.config import make_config
 from worker.app import app
 from worker.sink import EventSink
@@ -84,6 +85,13 @@ def train(run_id: str) -> None:
                 # Stopped by the shutdown, not by the user: back to the queue.
                 requeue = True
                 ev = {**ev, "status": "queued", "reason": _requeue_reason(ev)}
+            if ev["type"] == "checkpoint":
+                # Named by its iter before anyone hears of it (the engine waits at this yield,
+                # so ckpt.pt is still this checkpoint): GET /runs/{id}/checkpoints/{iter}.
+                try:
+                    keep_checkpoint(out_dir, ev["iter"], settings.keep_checkpoints)
+                except OSError as e:  # the run goes on; ckpt.pt and best.pt are still there
+                    log.warning("run %s: could not keep the checkpoint at iter %s: %s", run_id, ev["iter"], e)
             sink.emit(ev)
             ended = is_final(ev) or requeue
         if not ended:

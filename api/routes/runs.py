@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import math
@@ -45,6 +46,7 @@ from api.queue import TRAIN_QUEUE, TRAIN_TASK
 from api.relay import Relay, follow
 from api.schemas import EventsPage, Problem, RunCreate, RunDetail, RunList, RunPublic
 from api.settings import Settings
+from api.ws import SEND_NOWAIT
 from gpt.config import ConfigError, make_config
 from gpt.logfmt import format_event
 
@@ -409,14 +411,18 @@ async def stream(websocket: WebSocket, run_id: str, after: Annotated[int, Query(
     # The ASGI send under Starlette's WebSocket.send, which re-checks the connection state
     # on every message: at thousands of messages a second that check is a cost of its own.
     send = websocket._send
+    # With api.ws's protocol, the relay writes live events to a caught-up socket itself.
+    send_nowait = (websocket.scope.get("extensions") or {}).get(SEND_NOWAIT)
 
     async def send_all() -> None:
+        events = follow(db, st.redis, relay, run_id, after, idle_s=st.settings.idle_check_s, send_nowait=send_nowait)
         try:
-            async for body in follow(db, st.redis, relay, run_id, after, idle_s=st.settings.idle_check_s):
-                await send({"type": "websocket.send", "text": body})
+            async with contextlib.aclosing(events):
+                async for body in events:
+                    await send({"type": "websocket.send", "text": body})
             await websocket.close(code=1000, reason="run ended")
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the client went away mid-send
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client went away mid-send (uvicorn's ClientDisconnected is an OSError)
 
     async def until_client_leaves() -> None:
         while True:

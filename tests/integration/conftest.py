@@ -28,6 +28,7 @@ class Stack:
     redis_url: str
     logs: Path
     http: httpx.Client
+    env: dict[str, str]  # what the services were started with, for more of them
 
     @property
     def ws(self) -> str:
@@ -109,8 +110,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
             wait_for(healthy, 60, "the API")
             wait_for(lambda: b" ready." in (logs / "train.log").read_bytes(), 60, "the train worker")
-            yield Stack(url, data_dir, redis_url, logs, http)
+            yield Stack(url, data_dir, redis_url, logs, http, env)
             http.close()
         finally:
             for p in reversed(procs):
                 stop(p)
+
+
+@pytest.fixture(scope="session")
+def sample_worker(stack: Stack) -> Iterator[None]:
+    """A Celery worker on the `sample` queue, beside the stack's training worker."""
+    with open(stack.logs / "sample.log", "wb") as f:
+        p = subprocess.Popen(worker_argv("sample"), cwd=ROOT, env=stack.env, stdout=f, stderr=f)
+    try:
+        wait_for(lambda: b" ready." in (stack.logs / "sample.log").read_bytes(), 60, "the sample worker")
+        yield
+    finally:
+        stop(p)

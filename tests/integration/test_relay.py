@@ -99,3 +99,54 @@ def test_follow_ends_from_the_database_when_redis_lost_the_stream(tmp_path: Path
 
     bodies = asyncio.run(main())
     assert len(bodies) == 11 and '"status":"failed"' in bodies[-1]
+
+
+def test_follow_sends_directly_once_caught_up_and_falls_back_without_gap_or_dup(tmp_path: Path, redis_url: str) -> None:
+    # The reader writes live events straight to the socket while the follower is caught up;
+    # a socket that refuses one (full) and a consumer that stalls (overflowing a 4-slot
+    # queue) hand events back to the follower. Each seq must still arrive exactly once.
+    _, db, sink = _setup(tmp_path, redis_url, "r3")
+    for i in range(20):
+        sink.emit(_iter(i))
+
+    def seq(body: str) -> int:
+        return int(body.split('"seq":')[1].split(",")[0])
+
+    async def main() -> tuple[list[int], int, int]:
+        r = aioredis.Redis.from_url(redis_url)
+        relay = Relay(r, block_ms=200, queue_size=4)
+        got: list[int] = []
+        calls = direct = 0
+
+        def send_nowait(body: str) -> bool:
+            nonlocal calls, direct
+            assert '"status"' not in body  # the final event always goes through the follower
+            calls += 1
+            if calls % 7 == 0:
+                return False
+            direct += 1
+            got.append(seq(body))
+            return True
+
+        async def produce() -> None:
+            await asyncio.sleep(0.2)
+            for i in range(20, 300):
+                await asyncio.to_thread(sink.emit, _iter(i))
+                await asyncio.sleep(0.002)
+            await asyncio.to_thread(sink.emit, {"type": "status", "ts": time.time(), "status": "succeeded"})
+
+        producer = asyncio.create_task(produce())
+        yielded = 0
+        async for body in follow(db, r, relay, "r3", after=0, idle_s=1, send_nowait=send_nowait):
+            got.append(seq(body))
+            yielded += 1
+            if 30 <= yielded < 33:
+                await asyncio.sleep(0.05)  # a slow send: live events pile up meanwhile
+        await producer
+        assert relay.readers == {}
+        await r.aclose()
+        return got, direct, yielded
+
+    got, direct, yielded = asyncio.run(main())
+    assert got == list(range(1, 302))
+    assert direct > 100 and yielded > 50, (direct, yielded)  # both paths carried a good part of the run

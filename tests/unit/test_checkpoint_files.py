@@ -1,0 +1,41 @@
+"""Checkpoints kept by iteration: hard links to ckpt.pt, bounded, never the best."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gpt import checkpoint as ckpt
+
+
+def _write(out_dir: Path, iter_num: int, best: bool, keep_last: int) -> None:
+    # What the engine and the worker do at a checkpoint: replace ckpt.pt, maybe mark it best,
+    # then name it by its iter.
+    tmp = out_dir / ".tmp"
+    tmp.write_bytes(f"checkpoint {iter_num}".encode())
+    os.replace(tmp, out_dir / ckpt.LATEST)
+    if best:
+        ckpt.mark_best(out_dir)
+    ckpt.keep(out_dir, iter_num, keep_last)
+
+
+def test_keep_names_checkpoints_by_iter_and_bounds_them(tmp_path: Path) -> None:
+    for it, best in [(100, True), (200, True), (300, False), (400, False), (500, False)]:
+        _write(tmp_path, it, best, keep_last=2)
+    kept = ckpt.kept(tmp_path)
+    assert list(kept) == [200, 400, 500]  # the newest two, and the best however old
+    assert {it: p.read_bytes() for it, p in kept.items()} == {it: f"checkpoint {it}".encode() for it in kept}
+    assert os.path.samefile(kept[200], tmp_path / ckpt.BEST)
+    assert os.path.samefile(kept[500], tmp_path / ckpt.LATEST)  # a link, not a copy
+
+    assert ckpt.resolve(tmp_path, "latest") == tmp_path / ckpt.LATEST
+    assert ckpt.resolve(tmp_path, "best") == tmp_path / ckpt.BEST
+    assert ckpt.resolve(tmp_path, 400) == kept[400]
+    assert not ckpt.resolve(tmp_path, 300).exists()
+
+
+def test_best_falls_back_to_latest_and_an_empty_dir_keeps_nothing(tmp_path: Path) -> None:
+    assert ckpt.kept(tmp_path / "missing") == {}
+    _write(tmp_path, 7, best=False, keep_last=5)  # e.g. a cancel before the first eval
+    assert ckpt.resolve(tmp_path, "best") == tmp_path / ckpt.LATEST
+    assert list(ckpt.kept(tmp_path)) == [7]
