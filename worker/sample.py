@@ -82,7 +82,7 @@ class Reply:
     a third of a tiny model's speed; pushing from a thread of its own cost as much in GIL
     hand-offs. Each push also asks whether the API is still listening."""
 
-    FLUSH_S = 0.02  # text reaches a terminal in pieces of at most this long: too short to see
+    FLUSH_S = 0.05  # text reaches a terminal in pieces of at most this long: too short to notice
 
     def __init__(self, r: redis.Redis, request_id: str):
         self.r = r
