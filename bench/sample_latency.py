@@ -31,7 +31,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api.cli import free_port, redis_binary  # noqa: E402
+from services import start_services  # noqa: E402
+
+from api.cli import free_port  # noqa: E402
 
 # The README's tiny run, and nanoGPT's README CPU shape; a few iterations each: the speed
 # of generation does not depend on how well the model was trained.
@@ -150,22 +152,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
 
-    from api.migrate import upgrade
-
     with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d:
-        rport, aport = free_port(), free_port()
-        env = dict(os.environ)
-        env.update(
-            GPTJOBS_DATA_DIR=d,
-            GPTJOBS_REDIS_URL=f"redis://127.0.0.1:{rport}/0",
-            GPTJOBS_DATABASE_URL=f"sqlite:///{d}/gptjobs.db",
-            GPTJOBS_TORCH_THREADS="1",
-            PYTHONPATH=str(ROOT),
-        )
-        upgrade(env["GPTJOBS_DATABASE_URL"])
+        aport = free_port()
+        env, redis_p = start_services(d, GPTJOBS_TORCH_THREADS="1")
         logs = open(Path(d) / "services.log", "wb")  # noqa: SIM115
-        redis_argv = [redis_binary(), "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--dir", d]
-        procs = [subprocess.Popen(redis_argv, stdout=subprocess.DEVNULL)]
+        procs = [redis_p]
         py = sys.executable
         for argv in (
             [py, "-m", "api.cli", "serve", "--port", str(aport)],

@@ -37,7 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api.cli import free_port, redis_binary  # noqa: E402
+from services import start_services  # noqa: E402
+
+from api.cli import free_port  # noqa: E402
 
 
 def emit(run_id: str, rate: float, seconds: float) -> None:
@@ -245,22 +247,9 @@ def main() -> None:
         emit(args.emit, args.rate, args.seconds)
         return
 
-    from api.migrate import upgrade
-
     with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d:
-        rport, aport = free_port(), free_port()
-        env = dict(os.environ)
-        env.update(
-            GPTJOBS_DATA_DIR=d,
-            GPTJOBS_REDIS_URL=f"redis://127.0.0.1:{rport}/0",
-            GPTJOBS_DATABASE_URL=f"sqlite:///{d}/gptjobs.db",
-            PYTHONPATH=str(ROOT),
-        )
-        upgrade(env["GPTJOBS_DATABASE_URL"])
-        redis_p = subprocess.Popen(
-            [redis_binary(), "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--dir", d],
-            stdout=subprocess.DEVNULL,
-        )
+        aport = free_port()
+        env, redis_p = start_services(d)
         api_argv = [
             sys.executable,
             "-m",

@@ -33,8 +33,9 @@ from typing import Any
 
 import httpx
 import torch
+from services import start_services
 
-from api.cli import free_port, redis_binary
+from api.cli import free_port
 from api.settings import usable_cores
 from gpt.config import TrainConfig, make_config
 from gpt.data import Dataset, prepare
@@ -100,23 +101,11 @@ def worker_mode(a: argparse.Namespace) -> None:
     config = {**CONFIG, "max_iters": a.iters, "lr_decay_iters": a.iters, "log_interval": 1}
 
     with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d:
-        rport, aport = free_port(), free_port()
-        env = dict(os.environ)
-        env.update(
-            GPTJOBS_DATA_DIR=d,
-            GPTJOBS_REDIS_URL=f"redis://127.0.0.1:{rport}/0",
-            GPTJOBS_DATABASE_URL=f"sqlite:///{d}/gptjobs.db",
-            GPTJOBS_TORCH_THREADS=str(a.threads),
-            PYTHONPATH=str(ROOT),
-        )
+        aport = free_port()
+        env, redis_p = start_services(d, GPTJOBS_TORCH_THREADS=str(a.threads))
         py = sys.executable
-        procs = [
-            subprocess.Popen(
-                [redis_binary(), "--port", str(rport), "--save", "", "--dir", d], stdout=subprocess.DEVNULL
-            )
-        ]
+        procs = [redis_p]
         try:
-            subprocess.run([py, "-m", "api.cli", "migrate"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             log = open(os.path.join(d, "services.log"), "wb")  # noqa: SIM115
             procs.append(
                 subprocess.Popen(
