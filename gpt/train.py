@@ -203,8 +203,11 @@ class _Run:
                 # After a resume, the eval at the checkpoint's iteration already happened.
                 did_eval, self.evaluated = self.evaluated, False
                 if (self.iter_num % cfg.eval_interval == 0 or final or cfg.eval_only) and not did_eval:
+                    ev = self._evaluate(should_stop)
+                    if ev is None:
+                        yield from self._cancelled(evaluated=False)
+                        return
                     did_eval = True
-                    ev = self._evaluate()
                     yield ev
                     self.evals.append((ev["iter"], ev["train_loss"], ev["val_loss"]))
                     if not warned_overfit and (w := self._overfitting()):
@@ -230,8 +233,7 @@ class _Run:
                     )
                     return
                 if should_stop():
-                    yield self._checkpoint(None, best=False, evaluated=did_eval)
-                    yield self._status("cancelled", f"cancelled at iter {self.iter_num}; checkpoint saved")
+                    yield from self._cancelled(evaluated=did_eval)
                     return
 
                 lr = lr_at(self.iter_num, cfg)
@@ -299,17 +301,32 @@ class _Run:
     def _draw(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.batch(split, self.cfg.batch_size, self.cfg.block_size, self.device)
 
+    def _cancelled(self, *, evaluated: bool) -> Iterator[Event]:
+        yield self._checkpoint(None, best=False, evaluated=evaluated)
+        yield self._status("cancelled", f"cancelled at iter {self.iter_num}; checkpoint saved")
+
     @torch.no_grad()
-    def _evaluate(self) -> Event:
+    def _evaluate(self, should_stop: Callable[[], bool]) -> Event | None:
+        """Mean train and val loss over eval_iters batches each; None when stopped midway.
+
+        A long evaluation must not hold up a cancel, so should_stop is asked between
+        batches. Stopping puts the RNG back as it was before the evaluation: the checkpoint
+        then resumes into this same evaluation, batch for batch.
+        """
         cfg = self.cfg
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
+        rng = torch.get_rng_state()
         self.model.eval()
         out: dict[str, float] = {}
         for split in ("train", "val"):
             total = torch.zeros((), device=self.device)
             for _ in range(cfg.eval_iters):
+                if should_stop():
+                    torch.set_rng_state(rng)  # batches come from the CPU generator only
+                    self.model.train()
+                    return None
                 x, y = self._draw(split)
                 with self.ctx:
                     _, loss = self.step_model(x, y)

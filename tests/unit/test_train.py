@@ -133,6 +133,28 @@ def test_cancel_writes_checkpoint_then_resumes_exactly(tiny, data_dir: Path, tmp
     assert got == [e["loss"] for e in of(straight, "iter")]  # dropout RNG restored too
 
 
+def test_cancel_during_an_evaluation_stops_it_and_resumes_exactly(tiny, data_dir: Path, tmp_path: Path) -> None:
+    straight = run(tiny(max_iters=20, out_dir=str(tmp_path / "a"), eval_iters=50), data_dir)
+    seen: list[int] = []
+    events = []
+    # The first should_stop() after iter 9 is asked inside the evaluation at iter 10.
+    for e in train(
+        tiny(max_iters=20, out_dir=str(tmp_path / "b"), eval_iters=50),
+        data_dir=data_dir,
+        should_stop=lambda: len(seen) >= 10,
+    ):
+        events.append(e)
+        if e["type"] == "iter":
+            seen.append(e["iter"])
+    assert [e["iter"] for e in of(events, "eval")] == [0]  # the one at iter 10 was cut short
+    assert events[-1]["status"] == "cancelled" and of(events, "checkpoint")[-1]["iter"] == 10
+    rest = run(tiny(max_iters=20, out_dir=str(tmp_path / "b"), eval_iters=50, init_from="resume"), data_dir)
+    assert [e["iter"] for e in of(rest, "eval")] == [10, 20]  # redone on resume
+    assert [e["val_loss"] for e in of(rest, "eval")] == [e["val_loss"] for e in of(straight, "eval")[1:]]
+    got = [e["loss"] for e in of(events, "iter") + of(rest, "iter")]
+    assert got == [e["loss"] for e in of(straight, "iter")]
+
+
 def test_nan_loss_fails_with_advice(tiny, data_dir: Path) -> None:
     events = run(tiny(max_iters=200, learning_rate=1e6, min_lr=0, warmup_iters=0, grad_clip=0), data_dir)
     final = events[-1]
