@@ -22,6 +22,15 @@ def run(cfg, data_dir: Path, **kw: Any) -> list[dict[str, Any]]:
     return list(train(cfg, data_dir=data_dir, **kw))
 
 
+def run_until(cfg, data_dir: Path, iters: int) -> list[dict[str, Any]]:
+    """Events of a run whose should_stop() turns true once `iters` iter events came out."""
+    events: list[dict[str, Any]] = []
+    stop = lambda: sum(e["type"] == "iter" for e in events) >= iters  # noqa: E731
+    for e in train(cfg, data_dir=data_dir, should_stop=stop):
+        events.append(e)
+    return events
+
+
 def of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == kind]
 
@@ -117,16 +126,7 @@ def test_exact_resume(tiny, data_dir: Path, tmp_path: Path) -> None:
 
 def test_cancel_writes_checkpoint_then_resumes_exactly(tiny, data_dir: Path, tmp_path: Path) -> None:
     straight = run(tiny(max_iters=12, out_dir=str(tmp_path / "a"), dropout=0.1), data_dir)
-    seen: list[int] = []
-    events = []
-    for e in train(
-        tiny(max_iters=12, out_dir=str(tmp_path / "b"), dropout=0.1),
-        data_dir=data_dir,
-        should_stop=lambda: len(seen) >= 7,
-    ):
-        events.append(e)
-        if e["type"] == "iter":
-            seen.append(e["iter"])
+    events = run_until(tiny(max_iters=12, out_dir=str(tmp_path / "b"), dropout=0.1), data_dir, 7)
     assert events[-1]["status"] == "cancelled" and of(events, "checkpoint")[-1]["iter"] == 7
     rest = run(tiny(max_iters=12, out_dir=str(tmp_path / "b"), dropout=0.1, init_from="resume"), data_dir)
     got = [e["loss"] for e in of(events, "iter") + of(rest, "iter")]
@@ -135,17 +135,8 @@ def test_cancel_writes_checkpoint_then_resumes_exactly(tiny, data_dir: Path, tmp
 
 def test_cancel_during_an_evaluation_stops_it_and_resumes_exactly(tiny, data_dir: Path, tmp_path: Path) -> None:
     straight = run(tiny(max_iters=20, out_dir=str(tmp_path / "a"), eval_iters=50), data_dir)
-    seen: list[int] = []
-    events = []
     # The first should_stop() after iter 9 is asked inside the evaluation at iter 10.
-    for e in train(
-        tiny(max_iters=20, out_dir=str(tmp_path / "b"), eval_iters=50),
-        data_dir=data_dir,
-        should_stop=lambda: len(seen) >= 10,
-    ):
-        events.append(e)
-        if e["type"] == "iter":
-            seen.append(e["iter"])
+    events = run_until(tiny(max_iters=20, out_dir=str(tmp_path / "b"), eval_iters=50), data_dir, 10)
     assert [e["iter"] for e in of(events, "eval")] == [0]  # the one at iter 10 was cut short
     assert events[-1]["status"] == "cancelled" and of(events, "checkpoint")[-1]["iter"] == 10
     rest = run(tiny(max_iters=20, out_dir=str(tmp_path / "b"), eval_iters=50, init_from="resume"), data_dir)
