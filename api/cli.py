@@ -4,6 +4,8 @@
     gptjobs serve [--port 8000]     the API alone (migrations are `gptjobs migrate`)
     gptjobs worker --queue train    one Celery worker process (solo pool)
     gptjobs migrate                 alembic upgrade head
+    gptjobs keys create --name N    an API key (also `keys list`, `keys revoke ID`)
+    gptjobs submit|list|show|watch|log|cancel|sample   the client (api/client.py)
 
 A command-line front end, so it prints. It imports neither torch nor worker/: workers run
 as `celery -A worker.app` processes.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import ipaddress
 import os
 import shutil
 import signal
@@ -32,6 +35,8 @@ STOP_GRACE_S = 30.0  # a train worker gets this long to checkpoint and requeue i
 
 def port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        # As uvicorn binds: a port left in TIME_WAIT by a server just stopped is free to reuse.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -155,6 +160,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         from api.migrate import upgrade
 
         upgrade(settings.db_url)
+        if refused := open_mode_refused(args.host, settings):
+            print(refused, file=sys.stderr)
+            return 2
         py = sys.executable
         api = children.start(
             "api",
@@ -185,11 +193,49 @@ def cmd_up(args: argparse.Namespace) -> int:
         children.stop()
 
 
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def open_mode_refused(host: str, settings: Settings) -> str | None:
+    """With no API key the server is open: fine on loopback (said at start), refused elsewhere."""
+    from api.auth import open_mode
+    from api.db import Database
+
+    db = Database(settings.db_url)
+    try:
+        if not open_mode(db):
+            return None
+    finally:
+        db.dispose()
+    if loopback(host) or settings.allow_open:
+        print(
+            f"gptjobs: no API keys, so the API on {host} is open to anyone who can reach it "
+            "(`gptjobs keys create --name NAME` makes one, and then every request needs a key)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return (
+        f"gptjobs: refusing to serve on {host} with no API keys (anyone could use it). "
+        "Create one with `gptjobs keys create --name NAME`, bind to 127.0.0.1, "
+        "or set GPTJOBS_ALLOW_OPEN=true if something in front of it checks callers."
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     if not port_free(args.host, args.port):
         print(f"gptjobs: port {args.port} on {args.host} is already in use; pick another with --port", file=sys.stderr)
+        return 2
+    if refused := open_mode_refused(args.host, get_settings()):
+        print(refused, file=sys.stderr)
         return 2
     uvicorn.run(
         "api.main:app",
@@ -202,6 +248,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws="api.ws:StreamProtocol",
         ws_per_message_deflate=False,
         ws_ping_interval=20,
+        # A follower of a run that never ends (`/log?follow=true` on a queued run) would hold
+        # a stop forever; clients reconnect with `after` and miss nothing.
+        timeout_graceful_shutdown=5,
     )
     return 0
 
@@ -225,6 +274,51 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- `gptjobs keys ...` (run on the server: it writes the database directly; api/auth.py) -----
+
+
+def add_key_commands(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke (on the server's database)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="make a key for NAME and print it (shown once)")
+    create.add_argument("--name", required=True, help="the owner: all keys of one name share its runs")
+    ksub.add_parser("list", help="every key: id, name, created, revoked")
+    rev = ksub.add_parser("revoke", help="revoke a key by its id, or all of a name's keys")
+    rev.add_argument("key_id", nargs="?", help="the id from `gptjobs keys list`")
+    rev.add_argument("--name", help="revoke every key of this name")
+    keys.set_defaults(fn=cmd_keys)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from api.auth import create_key, list_keys, revoke  # FastAPI and SQLAlchemy: only for this command
+    from api.db import Database
+
+    db = Database(get_settings().db_url)
+    if args.keys_command == "create":
+        name = args.name.strip()
+        if not name or len(name) > 100 or not name.isprintable():
+            print("gptjobs: --name must be 1 to 100 printable characters", flush=True)
+            return 2
+        row, key = create_key(db, name)
+        print(f"API key {row.id} for {name} (shown once; keep it secret):\n{key}")
+        return 0
+    if args.keys_command == "list":
+        rows = list_keys(db)
+        if not rows:
+            print("no API keys: the server runs open (loopback only)")
+        for k in rows:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created_at))
+            state = "revoked " + time.strftime("%Y-%m-%d %H:%M", time.localtime(k.revoked_at)) if k.revoked_at else ""
+            print(f"{k.id}  {k.name:<20} created {when}  {state}".rstrip())
+        return 0
+    if bool(args.key_id) == bool(args.name):
+        print("gptjobs: give a key id or --name, not both", flush=True)
+        return 2
+    n = revoke(db, args.key_id, args.name)
+    print(f"revoked {n} key{'s' * (n != 1)}")
+    return 0 if n else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gptjobs", description="Remote training jobs for nanoGPT-style models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -245,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--revision", default="head")
     migrate.add_argument("--downgrade", metavar="REV", help="go down to REV instead (e.g. base)")
     migrate.set_defaults(fn=cmd_migrate)
+    add_key_commands(sub)
+    from api.client import add_client_commands  # submit, list, show, watch, log, cancel, sample
+
+    add_client_commands(sub)
     args = ap.parse_args(argv)
     return int(args.fn(args) or 0)
 

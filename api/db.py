@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import JSON, Column, Index, Text, event, func, insert, select
+from sqlalchemy import JSON, Column, Index, Text, event, false, func, insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
 RUN_STATUSES = ("queued", "running", "recovering", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE = ("queued", "running", "recovering")  # what counts against GPTJOBS_MAX_ACTIVE_RUNS
 EVENT_TYPES = ("iter", "eval", "checkpoint", "status", "warning", "sample")
 
 
@@ -32,7 +34,10 @@ class Run(SQLModel, table=True):
     status: str = Field(default="queued", max_length=16, index=True)
     reason: str | None = Field(default=None, sa_type=Text)
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # validated, defaults filled in
-    attempt: int = 0  # deliveries that started training; issue 5's leases carry it
+    attempt: int = 0  # deliveries that started training; the lease carries it (worker/lease.py)
+    max_restarts: int | None = None  # None: the server's GPTJOBS_MAX_RESTARTS
+    restarts: int = 0  # times the reaper queued it again after losing its worker
+    owner: str | None = Field(default=None, max_length=100, index=True)  # the API key's name; None: open mode
     idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
     request_hash: str | None = Field(default=None, max_length=64)  # same key, other body -> 409
     created_at: float  # epoch seconds, like the events' ts; floats sort and compare exactly
@@ -49,13 +54,30 @@ class Event(SQLModel, table=True):
     type: str = Field(max_length=16)
     iter: int | None = None
     attempt: int = 1
+    # Reported by an attempt that was lost, for an iteration after the checkpoint the next
+    # attempt resumed from: history leaves it out, so that each iteration shows once.
+    superseded: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     body: str = Field(sa_column=Column(Text, nullable=False))  # the event's JSON exactly as on the wire
+
+
+class ApiKey(SQLModel, table=True):
+    """A caller's key (api/auth.py). Only the key's SHA-256 is kept: shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=16)  # public: what `gptjobs keys list|revoke` name
+    name: str = Field(max_length=100, index=True)  # the owner: all of one name's keys share its runs
+    key_hash: str = Field(max_length=64, unique=True)
+    created_at: float
+    revoked_at: float | None = None
 
 
 # Typed column access for Core queries: SQLModel types `Run.status` as a str, which
 # type checkers reject inside select()/where().
 R = Run.__table__.c  # type: ignore[attr-defined]
 E = Event.__table__.c  # type: ignore[attr-defined]
+K = ApiKey.__table__.c  # type: ignore[attr-defined]
+CURRENT = E.superseded == false()  # the run's one timeline: every history query filters on it
 
 
 # --- the event wire format ---------------------------------------------------------------
@@ -75,6 +97,23 @@ def stream_key(run_id: str) -> str:
 
 def cancel_key(run_id: str) -> str:
     return f"run:{run_id}:cancel"
+
+
+def tail_seq(xrevrange_reply: Any) -> int:
+    """The seq of the newest entry of a stream (XREVRANGE key + - COUNT 1), 0 if empty."""
+    last = entries(xrevrange_reply)
+    return int(last[0][1][b"s"]) if last else 0
+
+
+def stream_fields(ev: dict[str, Any]) -> dict[Any, Any]:
+    fields: dict[Any, Any] = {"s": ev["seq"], "e": dumps(ev)}
+    if is_final(ev):
+        fields["f"] = 1  # lets the relay spot the end without parsing JSON
+    return fields
+
+
+def lease_key(run_id: str) -> str:
+    return f"run:{run_id}:lease"  # the attempt number of the worker training the run
 
 
 def _finite(x: Any) -> Any:
@@ -118,6 +157,19 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
 
 def last_seq(session: Session, run_id: str) -> int:
     return session.execute(select(func.max(E.seq)).where(E.run_id == run_id)).scalar() or 0
+
+
+def append_status(
+    session: Session, run_id: str, attempt: int, stream_seq: int, status: str, reason: str
+) -> dict[str, Any]:
+    """A status event written by the API (a cancel before any worker has the run, the
+    reaper), in the caller's transaction, after the conditional UPDATE that made it the only
+    writer: its seq follows whatever is in the database or (stream_seq) on the stream."""
+    seq = max(last_seq(session, run_id), stream_seq) + 1
+    ev = {"run_id": run_id, "seq": seq, "attempt": attempt, "type": "status", "ts": time.time()}
+    ev |= {"status": status, "reason": reason}
+    insert_events(session, [event_row(ev, dumps(ev))])
+    return ev
 
 
 # --- engines ----------------------------------------------------------------------------

@@ -9,12 +9,16 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api.db import Database
+from api.limits import BodyLimit, validation_error
+from api.metrics import install as install_metrics
 from api.queue import make_celery
+from api.reaper import Reaper
 from api.relay import Relay
 from api.routes import runs, samples
 from api.schemas import Health
@@ -34,9 +38,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = aioredis.Redis.from_url(s.redis_url, max_connections=1000)
         app.state.relay = Relay(app.state.redis, block_ms=s.xread_block_ms, queue_size=s.ws_queue_size)
         app.state.celery = make_celery(s)
+        reaper = asyncio.create_task(Reaper(app.state.db, app.state.redis, app.state.celery, s).forever())
         try:
             yield
         finally:
+            reaper.cancel()
             await app.state.relay.close()
             await app.state.redis.aclose()
             app.state.db.dispose()
@@ -49,6 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(runs.router)
     app.include_router(samples.router)
+    # Bad input is a 4xx naming the field: bodies over GPTJOBS_MAX_BODY_BYTES, and inputs like 1e400.
+    app.add_middleware(BodyLimit, max_bytes=lambda: app.state.settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    install_metrics(app)  # GET /metrics; last, so that its middleware also times BodyLimit's answers
 
     @app.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     async def healthz(request: Request) -> JSONResponse:

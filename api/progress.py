@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlmodel import Session
 
-from api.db import E, Run
+from api.db import CURRENT, E, Run
 
 RECENT = 50  # iter events the median step time looks at: recent enough to follow a change
 
@@ -39,7 +39,7 @@ class Progress(BaseModel):
 
 
 def _bodies(s: Session, run_id: str, type_: str, *, newest: int | None = None) -> list[dict[str, Any]]:
-    q = select(E.body).where(E.run_id == run_id, E.type == type_)
+    q = select(E.body).where(E.run_id == run_id, E.type == type_, CURRENT)
     q = q.order_by(E.seq.desc()).limit(newest) if newest else q.order_by(E.seq)
     return [json.loads(b) for b in s.execute(q).scalars()]
 
@@ -47,7 +47,9 @@ def _bodies(s: Session, run_id: str, type_: str, *, newest: int | None = None) -
 def progress(s: Session, run: Run) -> Progress:
     cfg = run.config
     p = Progress(max_iters=cfg.get("max_iters"))
-    p.last_seq = s.execute(select(E.seq).where(E.run_id == run.id).order_by(E.seq.desc()).limit(1)).scalar() or 0
+    p.last_seq = (
+        s.execute(select(E.seq).where(E.run_id == run.id, CURRENT).order_by(E.seq.desc()).limit(1)).scalar() or 0
+    )
     iters = _bodies(s, run.id, "iter", newest=RECENT)
     evals = _bodies(s, run.id, "eval")
     p.warnings = [Warning_(**{k: w.get(k) for k in ("code", "message", "iter")}) for w in _bodies(s, run.id, "warning")]

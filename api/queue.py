@@ -42,8 +42,8 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,  # results live in the database; there is no result backend
         broker_connection_retry_on_startup=True,
         # A message unacked this long is handed to another worker, even while its first
-        # worker is still training (acks are late, see worker/app.py). The task's
-        # queued->running claim makes such a second delivery a no-op.
+        # worker is still training (acks are late, see worker/app.py). The task's claim
+        # makes such a second delivery a no-op; a dead worker's run is the reaper's.
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     )
     return app

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.db import TERMINAL, Database, E, Entry, R, entries, stream_key
+from api.db import CURRENT, TERMINAL, Database, E, Entry, R, entries, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class Relay:
 def _history_page(db: Database, run_id: str, after: int, limit: int) -> list[Item]:
     with db.session() as s:
         rows = s.execute(
-            select(E.seq, E.body, E.type).where(E.run_id == run_id, E.seq > after).order_by(E.seq).limit(limit)
+            select(E.seq, E.body, E.type).where(E.run_id == run_id, E.seq > after, CURRENT).order_by(E.seq).limit(limit)
         ).all()
     return [(seq, body, typ == "status" and json.loads(body).get("status") in TERMINAL) for seq, body, typ in rows]
 

@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.db import Run
+from api.diagnostics import Diagnostics
 from api.progress import Progress
 
 
 class RunCreate(BaseModel):
-    name: str | None = Field(default=None, max_length=200)
+    model_config = ConfigDict(extra="forbid")  # `{"confg": ...}` is a 422, not a default-sized run
+
+    name: str | None = Field(default=None, max_length=200, description="a label: any text but control characters")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="nanoGPT training keys (gpt/config.py); unset keys take the dataset recipe's or nanoGPT's defaults",
         examples=[{"dataset": "shakespeare_char", "n_layer": 2, "n_head": 2, "n_embd": 64, "max_iters": 200}],
     )
+    max_restarts: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="times the run is resumed after losing its worker before it fails; null: the server's default",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _no_control_chars(cls, name: str | None) -> str | None:
+        # A label for lists, logs and terminals, where a control character could forge a log
+        # line or rewrite the screen. Never used as a path, so "../" is just text.
+        for i, c in enumerate(name or ""):
+            if unicodedata.category(c) == "Cc":
+                raise ValueError(f"must not contain control characters ({c!r} at position {i})")
+        return name
 
 
 def _iso(t: float | None) -> datetime | None:
@@ -30,7 +50,9 @@ class RunPublic(BaseModel):
     status: str
     reason: str | None
     config: dict[str, Any]
-    attempt: int
+    attempt: int = Field(description="how many times a worker has started this run (resumes included)")
+    restarts: int = Field(description="times the run was resumed after losing its worker")
+    max_restarts: int | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -44,6 +66,8 @@ class RunPublic(BaseModel):
             reason=run.reason,
             config=run.config,
             attempt=run.attempt,
+            restarts=run.restarts,
+            max_restarts=run.max_restarts,
             created_at=_iso(run.created_at),  # type: ignore[arg-type]
             started_at=_iso(run.started_at),
             finished_at=_iso(run.finished_at),
@@ -52,6 +76,7 @@ class RunPublic(BaseModel):
 
 class RunDetail(RunPublic):
     progress: Progress
+    diagnostics: Diagnostics
 
 
 class RunList(BaseModel):
@@ -82,18 +107,28 @@ class SampleRequest(BaseModel):
     temperature: float = Field(
         default=0.8, ge=0, le=100, allow_inf_nan=False, description="0 is greedy; higher is more random"
     )
-    top_k: int | None = Field(default=200, ge=1, description="sample among the k likeliest tokens; null: all")
+    top_k: int | None = Field(default=200, ge=1, lt=2**62, description="sample among the k likeliest tokens; null: all")
     seed: int | None = Field(
         default=None, ge=0, lt=2**63, description="same seed, checkpoint and request: same text; null: a new one"
     )
     num_samples: int = Field(default=1, ge=1, description="samples generated together as one batch")
-    checkpoint: Literal["latest", "best"] | Annotated[int, Field(ge=0)] = Field(
+    checkpoint: Literal["latest", "best"] | Annotated[int, Field(ge=0, lt=2**62)] = Field(
         default="latest", description='"latest", "best" (lowest val loss) or an iter from GET /runs/{id}/checkpoints'
     )
     stream: bool = Field(
         default=False,
         description="send text as it is generated: text/plain, or server-sent events with Accept: text/event-stream",
     )
+
+    @field_validator("prompt")
+    @classmethod
+    def _unicode(cls, prompt: str) -> str:
+        # JSON's "\ud800" parses to a lone surrogate: no tokenizer, and no UTF-8 reply, can take it.
+        try:
+            prompt.encode()
+        except UnicodeEncodeError as e:
+            raise ValueError(f"must be valid Unicode text (a lone surrogate at position {e.start})") from None
+        return prompt
 
     @field_validator("temperature")
     @classmethod

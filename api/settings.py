@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     stream_maxlen: int = Field(default=10_000, ge=100)  # per-run Redis stream cap (approximate trim)
     stream_ttl_s: int = Field(default=7 * 86400, ge=60)  # finished runs' streams expire; the DB keeps all
 
+    # Access (api/auth.py). Limits apply to each owner (each API key's name) on its own.
+    allow_open: bool = False  # serve without API keys on a non-loopback address (behind your own auth)
+    max_active_runs: int = Field(default=20, ge=1)  # queued + running + recovering; over: 429
+    max_iters: int = Field(default=10_000_000, ge=1)  # a run's max_iters; over: 422
+    sample_requests_per_min: int = Field(default=120, ge=1)  # POST /runs/{id}/samples; over: 429
+
     # Worker
     iter_flush_count: int = Field(default=200, ge=1)  # iter events per DB transaction...
     iter_flush_s: float = Field(default=1.0, gt=0)  # ...or this old, whichever comes first
@@ -32,6 +38,13 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)  # None: the cores this process may use
     visibility_timeout_s: int = Field(default=3600, ge=10)
     keep_checkpoints: int = Field(default=5, ge=1)  # per run, by iter (ckpt-<iter>.pt); the best is kept too
+
+    # Leases (DESIGN.md, "Runs"): a training worker renews its run's lease every lease_ttl_s / 3;
+    # a lease not renewed for lease_ttl_s means the worker is gone and the reaper (in the API)
+    # queues the run again, at most max_restarts times (a run's own max_restarts wins).
+    lease_ttl_s: float = Field(default=30.0, ge=1)
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    max_restarts: int = Field(default=3, ge=0, le=1000)
 
     # Sampling (POST /runs/{id}/samples): limits per request, and the sampling worker
     sample_max_new_tokens: int = Field(default=2000, ge=1)
@@ -46,6 +59,7 @@ class Settings(BaseSettings):
     ws_queue_size: int = Field(default=2000, ge=10)  # per-subscriber buffer before it resyncs from history
     xread_block_ms: int = Field(default=1000, ge=10, le=4000)  # below redis-py's 5 s socket timeout
     idle_check_s: float = Field(default=5.0, gt=0)  # a quiet subscriber re-reads the DB this often
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)  # a longer request body is a 413, unread
 
     @property
     def db_url(self) -> str:

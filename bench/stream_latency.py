@@ -48,10 +48,14 @@ def emit(run_id: str, rate: float, seconds: float) -> None:
 
     from api.db import Database
     from api.settings import get_settings
+    from worker.lease import Lease
     from worker.sink import EventSink
 
     s = get_settings()
-    sink = EventSink(Database(s.db_url), redis.Redis.from_url(s.redis_url), s, run_id, attempt=1)
+    r = redis.Redis.from_url(s.redis_url)
+    lease = Lease(r, run_id, 1, s.lease_ttl_s)  # the sink's writes are fenced by it, as in a worker
+    lease.acquire()
+    sink = EventSink(Database(s.db_url), r, s, run_id, lease)
     n = int(rate * seconds)
     t0 = time.perf_counter()
     for i in range(n):

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -28,10 +29,12 @@ BEST = "best.pt"
 _BY_ITER = re.compile(r"ckpt-(\d+)\.pt")
 
 
-def save(path: Path, state: dict[str, Any]) -> int:
+def save(path: Path, state: dict[str, Any], before_replace: Callable[[], None] | None = None) -> int:
     """Write state to path atomically (a reader sees the old file or the new, never half).
 
-    Returns the size in bytes.
+    before_replace runs once the bytes are on disk, just before they take path's name; if it
+    raises, path is left as it was (a worker that lost its run must not overwrite the file
+    the run's next attempt resumes from). Returns the size in bytes.
     """
     import torch
 
@@ -42,11 +45,23 @@ def save(path: Path, state: dict[str, Any]) -> int:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # the rename must not land before the bytes do
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
     return path.stat().st_size
+
+
+def remove_partial(out_dir: Path) -> list[Path]:
+    """Delete what a save killed midway left (its temp files); returns them. Only for the
+    run's one trainer to call, at its start: a save in progress writes one of these."""
+    gone = []
+    for p in out_dir.glob(f".{LATEST}.*.tmp"):
+        p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
 
 
 def _link(src: Path, dst: Path) -> None:

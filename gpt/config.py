@@ -148,15 +148,18 @@ def _coerce(name: str, value: Any) -> Any:
     if base == "int":
         if isinstance(value, bool):
             raise ValueError("must be an integer")
-        if isinstance(value, int):
-            return value
-        try:
-            f = float(value)  # accepts 2000.0 and "2e3"
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError("must be an integer") from None
-        if f.is_integer() and abs(f) < 2**62:
-            return int(f)
-        raise ValueError("must be an integer")
+        if not isinstance(value, int):
+            try:
+                f = float(value)  # accepts 2000.0 and "2e3"
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError("must be an integer") from None
+            if not f.is_integer():  # also inf and nan
+                raise ValueError("must be an integer")
+            value = int(f)
+        # JSON has no size limit on integers; a database column, torch and numpy do.
+        if abs(value) >= 2**62:
+            raise ValueError("must be an integer of magnitude below 2**62")
+        return value
     if base == "float":
         if isinstance(value, bool):
             raise ValueError("must be a number")
@@ -170,14 +173,23 @@ def _coerce(name: str, value: Any) -> Any:
     if base == "str":
         if not isinstance(value, str):
             raise ValueError("must be a string")
-        return value
+        return _text(value)
     if base == "list[str]":
         if isinstance(value, str):
-            return [value]
+            return [_text(value)]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
+            return [_text(v) for v in value]
         raise ValueError("must be a list of strings")
     raise AssertionError(f"no coercion for {name}: {kind}")
+
+
+def _text(s: str) -> str:
+    # JSON's "\ud800" parses to a lone surrogate, which no UTF-8 file, log or reply can hold.
+    try:
+        s.encode()
+    except UnicodeEncodeError as e:
+        raise ValueError(f"must be valid Unicode text (a lone surrogate at position {e.start})") from None
+    return s
 
 
 def n_params(cfg: TrainConfig, vocab_size: int | None = None) -> int:

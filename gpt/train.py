@@ -98,22 +98,27 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     data_dir: str | Path | None = None,
     num_threads: int | None = None,
+    before_save: Callable[[], None] | None = None,
 ) -> Iterator[Event]:
     """Train per cfg, yielding events; the last one is a final `status` event.
 
     should_stop is called once per iteration; when it returns True the run writes a
     checkpoint and ends `cancelled`. data_dir holds prepared datasets. num_threads sizes
-    torch's CPU thread pool to the cores this job really has.
+    torch's CPU thread pool to the cores this job really has. before_save runs before a
+    written checkpoint replaces the previous one; an exception from it (or from
+    should_stop) leaves the files as they were and ends the iterator with that exception.
     """
     if num_threads:
         torch.set_num_threads(num_threads)
     run = _Run(cfg, data_dir)
+    run.before_save = before_save
     yield from run.events(should_stop or (lambda: False))
 
 
 class _Run:
     def __init__(self, cfg: TrainConfig, data_dir: str | Path | None):
         self.cfg = cfg
+        self.before_save: Callable[[], None] | None = None
         self.out_dir = Path(cfg.out_dir)
         dev, self.dtype, self.compile = resolve_device(cfg)
         self.device = torch.device(dev)
@@ -126,6 +131,7 @@ class _Run:
         self.data: Dataset = prepare(cfg.dataset, cfg.resolved_tokenizer(), data_dir)
 
         resume = None
+        ckpt.remove_partial(self.out_dir)  # a save killed midway; ckpt.pt is still the one before
         if cfg.init_from == "resume" and (self.out_dir / ckpt.LATEST).exists():
             resume = ckpt.load(self.out_dir / ckpt.LATEST, self.device)
         if resume is not None:
@@ -363,7 +369,7 @@ class _Run:
                 "evals": [list(e) for e in self.evals],
             },
         }
-        nbytes = ckpt.save(self.out_dir / ckpt.LATEST, state)
+        nbytes = ckpt.save(self.out_dir / ckpt.LATEST, state, self.before_save)
         if best:
             ckpt.mark_best(self.out_dir)
         return {

@@ -64,25 +64,18 @@ def stop(p: subprocess.Popen, grace: float = 10.0) -> None:  # type: ignore[type
             p.wait()
 
 
+def redis_argv(port: int, data_dir: str | Path, *, appendonly: bool = False) -> list[str]:
+    """redis-server on loopback; with appendonly, as `gptjobs up` runs it (the queue survives a restart)."""
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), "--save", ""]
+    return [*argv, "--appendonly", "yes" if appendonly else "no", "--daemonize", "no"]
+
+
 @contextmanager
 def redis_server() -> Iterator[str]:
     """A throwaway redis-server on a free loopback port; yields its URL."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="gptjobs-redis-") as d:
-        argv = [
-            redis_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            d,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(redis_argv(port, d), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             import redis
 
@@ -155,8 +148,10 @@ def service_env(data_dir: Path, redis_url: str, db_url: str) -> dict[str, str]:
     return env
 
 
-def worker_argv(queue: str = "train") -> list[str]:
+def worker_argv(queue: str = "train", name: str | None = None) -> list[str]:
+    """A Celery worker as `gptjobs worker` starts it; give each of several workers its own name."""
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queue, "-P", "solo",
-        "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "-l", "info", "-n", f"{queue}@test",
+        "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "-l", "info",
+        "-n", f"{name or queue}@test",
     ]  # fmt: skip

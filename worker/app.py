@@ -20,11 +20,12 @@ app = make_celery(get_settings())
 app.conf.update(
     include=["worker.tasks", "worker.sample"],
     worker_prefetch_multiplier=1,  # never reserve a second run while training one
-    # Acks are late: a message leaves the queue only when its run is done, so a worker
-    # killed mid-run leaves the run for redelivery rather than losing it. Redelivery of a
-    # run that is not `queued` any more (a duplicate, or a run still training elsewhere
-    # after visibility_timeout) is skipped by the task's claim; resuming a run whose
-    # worker died is the lease's job (issue 5), not the broker's.
+    # Acks are late: a message leaves the queue only when its task returns, so one lost
+    # between delivery and the claim (worker killed in that moment) is delivered again
+    # after visibility_timeout. Resuming a run whose worker died mid-run is the lease's
+    # job (api/reaper.py, in seconds), not the broker's (an hour); every extra delivery
+    # (that one, a duplicate, or the broker's re-delivery of a run still training after
+    # visibility_timeout) finds the run not `queued` and is a no-op (worker/tasks.py claim).
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_hijack_root_logger=False,

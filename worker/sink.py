@@ -7,6 +7,12 @@ This class is the only place a seq is assigned. Order of writes, per event:
   the run's row, in one transaction), then XADD. A client that sees the final status
   on the stream can therefore read the same history from the database right away.
 Redis errors are logged and skipped: the database is the record, Redis the fast path.
+
+Every write is fenced by the attempt (worker/lease.py): the XADD runs in a script that
+checks the lease, and each database transaction first checks that the run's row is still
+`running` at this attempt. A stale attempt gets LeaseLost and writes nothing more.
+The first event of a resumed attempt (`status running` with from_iter) marks, in the same
+transaction, what lost attempts reported past that point as superseded.
 """
 
 from __future__ import annotations
@@ -16,42 +22,44 @@ import time
 from typing import Any
 
 import redis
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from api.db import (
+    CURRENT,
     TERMINAL,
     Database,
+    E,
+    Event,
     R,
     Run,
     cancel_key,
     dumps,
-    entries,
     event_row,
     insert_events,
+    is_final,
     last_seq,
+    lease_key,
     stream_key,
+    tail_seq,
 )
 from api.settings import Settings
+from worker.lease import XADD_SCRIPT, Lease, LeaseLost
 
 log = logging.getLogger(__name__)
 
 
-def stream_last_seq(r: redis.Redis, run_id: str) -> int:
-    last = entries(r.xrevrange(stream_key(run_id), count=1))
-    return int(last[0][1][b"s"]) if last else 0
-
-
 class EventSink:
-    def __init__(self, db: Database, r: redis.Redis, settings: Settings, run_id: str, attempt: int):
+    def __init__(self, db: Database, r: redis.Redis, settings: Settings, run_id: str, lease: Lease):
         self.db, self.r, self.settings = db, r, settings
-        self.run_id, self.attempt = run_id, attempt
+        self.run_id, self.attempt, self.lease = run_id, lease.attempt, lease
         self.key = stream_key(run_id)
+        self.xadd_script = r.register_script(XADD_SCRIPT)
         # Continue after whatever any earlier attempt left, in the DB or only on the stream,
         # so that seq never repeats within a run.
         with db.session() as s:
             db_seq = last_seq(s, run_id)
         try:
-            redis_seq = stream_last_seq(r, run_id)
+            redis_seq = tail_seq(r.xrevrange(self.key, count=1))
         except redis.RedisError:
             redis_seq = 0
         self.seq = max(db_seq, redis_seq)
@@ -82,6 +90,9 @@ class EventSink:
         if not self.pending and status is None:
             return
         with self.db.transaction() as s:
+            self._guard(s)
+            if status is not None and status["status"] == "running" and self.attempt > 1:
+                self._supersede(s, status.get("from_iter"))
             insert_events(s, self.pending)
             if status is not None:
                 values: dict[str, Any] = {"status": status["status"], "reason": status.get("reason")}
@@ -90,19 +101,51 @@ class EventSink:
                 s.execute(update(Run).where(R.id == self.run_id).values(**values))
         self.pending = []
 
+    def _guard(self, s: Any) -> None:
+        """Inside a write transaction (SQLite: BEGIN IMMEDIATE holds the write lock; elsewhere
+        the row lock): is the run still ours? The reaper and a new claim change this row."""
+        row = s.execute(select(R.status, R.attempt).where(R.id == self.run_id).with_for_update()).one_or_none()
+        if row is None or row.status != "running" or row.attempt != self.attempt:
+            self.lease.lost = True
+            now = "gone" if row is None else f"{row.status} at attempt {row.attempt}"
+            raise LeaseLost(f"run {self.run_id} is {now}; attempt {self.attempt} stops")
+
+    def _supersede(self, s: Any, from_iter: int | None) -> None:
+        """Earlier attempts' events past the resume point leave the timeline: everything
+        after the checkpoint event this attempt resumed from (everything, from scratch).
+        Status events stay: that the run was lost and resumed is part of its history."""
+        earlier = [E.run_id == self.run_id, E.attempt < self.attempt, E.type != "status"]
+        past: Any = E.seq > 0
+        if from_iter is not None:
+            q = select(func.max(E.seq)).where(*earlier, E.type == "checkpoint", E.iter == from_iter, CURRENT)
+            cut = s.execute(q).scalar()
+            # Without its event (lost between the file's rename and the event), go by iter:
+            # the checkpoint at iter K comes after K's evaluation and before K's step.
+            past = (
+                E.seq > cut if cut is not None else (E.iter > from_iter) | ((E.iter == from_iter) & (E.type == "iter"))
+            )
+        s.execute(update(Event).where(*earlier, past).values(superseded=True))
+
+    def fence(self) -> None:
+        """Raise LeaseLost unless the run is still ours: before a checkpoint takes its name.
+        Also flushes what is pending, so the database is never behind a checkpoint."""
+        self.lease.check()
+        with self.db.transaction() as s:
+            self._guard(s)
+            insert_events(s, self.pending)
+        self.pending = []
+
     def _xadd(self, ev: dict[str, Any], body: str) -> None:
-        fields: dict[str, Any] = {"s": ev["seq"], "e": body}
-        final = ev["type"] == "status" and ev.get("status") in TERMINAL
-        if final:
-            fields["f"] = 1  # lets the relay spot the end without parsing JSON
+        final = is_final(ev)
+        args = [self.attempt, self.settings.stream_maxlen, int(final), self.settings.stream_ttl_s, ev["seq"], body]
         try:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.xadd(self.key, fields, maxlen=self.settings.stream_maxlen, approximate=True)  # type: ignore[arg-type]
-            if final:
-                pipe.expire(self.key, self.settings.stream_ttl_s)  # the DB keeps the history
-            pipe.execute()
+            ok = self.xadd_script(keys=[lease_key(self.run_id), self.key], args=args)
         except redis.RedisError as e:
             self._redis_down(e)
+            return
+        if not ok:
+            self.lease.lost = True
+            raise LeaseLost(f"attempt {self.attempt} of run {self.run_id} lost its lease")
 
     def _redis_down(self, e: Exception) -> None:
         now = time.monotonic()
@@ -112,6 +155,7 @@ class EventSink:
 
     # --- called by the training loop every iteration ----------------------------------
     def should_stop(self) -> bool:
+        self.lease.check()  # raises LeaseLost: the engine stops at once, writing nothing
         now = time.monotonic()
         if self.pending and now - self.pending_since >= self.settings.iter_flush_s:
             self.flush()  # slow runs (big log_interval) still reach the database within ~1 s

@@ -18,6 +18,7 @@ from api.settings import get_settings, usable_cores
 from gpt.checkpoint import keep as keep_checkpoint
 from gpt.config import make_config
 from worker.app import app
+from worker.lease import Lease, LeaseLost
 from worker.sink import EventSink
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,13 @@ def _redis() -> redis.Redis:
 
 
 def claim(db: Database, run_id: str) -> Run | None:
-    """queued -> running, atomically; None when the run is gone, cancelled or taken."""
+    """queued or recovering -> running with attempt+1, atomically; None when the run is gone,
+    ended or taken. This conditional UPDATE is what makes a second delivery of the same
+    message (a duplicate, or the broker's redelivery after visibility_timeout) a no-op."""
     with db.transaction() as s:
         res = s.execute(
             update(Run)
-            .where(R.id == run_id, R.status == "queued")
+            .where(R.id == run_id, R.status.in_(("queued", "recovering")))
             .values(status="running", attempt=R.attempt + 1, started_at=time.time(), reason=None)
         )
         if res.rowcount != 1:  # type: ignore[attr-defined]
@@ -64,8 +67,14 @@ def train(run_id: str) -> None:
         log.info("run %s: not queued any more, skipping this delivery", run_id)
         return
     log.info("run %s: attempt %d starting", run_id, run.attempt)
-    sink = EventSink(db, _redis(), settings, run_id, run.attempt)
+    lease = Lease(_redis(), run_id, run.attempt, settings.lease_ttl_s)
+    lease.acquire()
     ended = requeue = False
+    try:
+        sink = EventSink(db, _redis(), settings, run_id, lease)
+    except Exception:
+        lease.close(release=False)  # the reaper hands the run on when the lease expires
+        raise
     try:
         out_dir = (settings.runs_dir() / run_id).resolve()
         overrides = {**run.config, "out_dir": str(out_dir)}
@@ -79,6 +88,7 @@ def train(run_id: str) -> None:
             should_stop=lambda: sink.should_stop() or _shutting_down.is_set(),
             data_dir=str(settings.datasets_dir().resolve()),
             num_threads=settings.torch_threads or usable_cores(),
+            before_save=sink.fence,
         )
         for ev in events:
             if is_final(ev) and ev["status"] == "cancelled" and not sink.cancelled:
@@ -96,6 +106,11 @@ def train(run_id: str) -> None:
             ended = is_final(ev) or requeue
         if not ended:
             _fail(sink, "the training loop ended without a final status")
+    except LeaseLost as e:
+        # Another attempt owns the run now (this worker was frozen or cut off for longer
+        # than the lease): it resumes from the last checkpoint; this one writes nothing.
+        log.warning("run %s: %s; stopping without writing anything more", run_id, e)
+        sink.pending = []
     except Exception as e:
         log.exception("run %s failed", run_id)
         if not ended:
@@ -103,8 +118,11 @@ def train(run_id: str) -> None:
     finally:
         try:
             sink.close()
+        except LeaseLost:
+            pass
         except Exception:
             log.exception("run %s: could not flush the last events", run_id)
+        lease.close(release=True)
     if requeue:
         app.send_task(TRAIN_TASK, args=[run_id])
         log.info("run %s: requeued at shutdown, resumes at iter %s", run_id, ev.get("iter"))

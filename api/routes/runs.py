@@ -25,7 +25,10 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from api.auth import Owner, Unauthorized, owner_of, presented_key
 from api.db import (
+    ACTIVE,
+    CURRENT,
     EVENT_TYPES,
     RUN_STATUSES,
     TERMINAL,
@@ -33,14 +36,13 @@ from api.db import (
     E,
     R,
     Run,
+    append_status,
     cancel_key,
-    dumps,
-    entries,
-    event_row,
-    insert_events,
-    last_seq,
+    stream_fields,
     stream_key,
+    tail_seq,
 )
+from api.diagnostics import diagnose
 from api.progress import progress
 from api.queue import TRAIN_QUEUE, TRAIN_TASK
 from api.relay import Relay, follow
@@ -53,7 +55,17 @@ from gpt.logfmt import format_event
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "no run with this id"}}
-RunId = Annotated[str, Path(min_length=1, max_length=32, description="the run's id, as POST /runs returned it")]
+# No control characters: PostgreSQL refuses a NUL in a query parameter (a 500), and no id has one.
+RunId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="the run's id, as POST /runs returned it",
+    ),
+]
+SEQ_MAX = 2**63 - 1  # the largest a database integer holds: a bigger ?after= is a 422, not an overflow
 
 
 def _state(request: Request) -> Any:
@@ -87,10 +99,15 @@ def invalid(loc: tuple[str, ...], msg: str, value: Any = None) -> RequestValidat
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
 
 
-def _load(db: Database, run_id: str) -> Run:
+def _visible(run: Run | None, owner: str | None) -> bool:
+    """Another owner's run does not exist for the caller: the same 404 as an unknown id."""
+    return run is not None and (owner is None or run.owner == owner)
+
+
+def _load(db: Database, run_id: str, owner: str | None) -> Run:
     with db.session() as s:
         run = s.get(Run, run_id)
-    if run is None:
+    if run is None or not _visible(run, owner):
         raise HTTPException(404, f"run {run_id!r} not found")
     return run
 
@@ -105,6 +122,7 @@ def _load(db: Database, run_id: str) -> Run:
     responses={
         200: {"model": RunPublic, "description": "a repeat of an earlier request with the same Idempotency-Key"},
         409: {"model": Problem, "description": "Idempotency-Key already used with a different body"},
+        413: {"model": Problem, "description": "the body is over GPTJOBS_MAX_BODY_BYTES"},
         503: {"model": Problem, "description": "the queue (Redis) is unreachable; the run is marked failed"},
     },
 )
@@ -114,6 +132,7 @@ def create_run(
     db: DbDep,
     settings: SettingsDep,
     celery: CeleryDep,
+    owner: Owner,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunPublic:
     """Queue a training run. The config is validated now; a bad key is a 422 naming it and why."""
@@ -126,10 +145,14 @@ def create_run(
                 for k, v in e.errors.items()
             ]
         ) from None
+    if cfg.max_iters > settings.max_iters:
+        msg = f"at most {settings.max_iters} on this server (GPTJOBS_MAX_ITERS)"
+        raise invalid(("body", "config", "max_iters"), msg, cfg.max_iters)
     digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
-    if idempotency_key and (earlier := _replay(db, idempotency_key, digest)):
+    if idempotency_key and (earlier := _replay(db, idempotency_key, digest, owner)):
         response.status_code = 200
         return earlier
+    _check_active_runs(db, owner, settings.max_active_runs)
     run_id = secrets.token_hex(8)
     config = cfg.to_dict()
     config["out_dir"] = f"runs/{run_id}"  # the server chooses: under its data directory
@@ -137,6 +160,8 @@ def create_run(
         id=run_id,
         name=body.name,
         config=config,
+        max_restarts=body.max_restarts,
+        owner=owner,
         idempotency_key=idempotency_key,
         request_hash=digest if idempotency_key else None,
         created_at=time.time(),
@@ -145,7 +170,7 @@ def create_run(
         with db.transaction() as s:
             s.add(run)
     except IntegrityError:
-        if idempotency_key and (earlier := _replay(db, idempotency_key, digest)):  # lost a race with a twin
+        if idempotency_key and (earlier := _replay(db, idempotency_key, digest, owner)):  # lost a race with a twin
             response.status_code = 200
             return earlier
         raise
@@ -162,14 +187,25 @@ def create_run(
     return RunPublic.of(run)
 
 
-def _replay(db: Database, key: str, digest: str) -> RunPublic | None:
+def _replay(db: Database, key: str, digest: str, owner: str | None) -> RunPublic | None:
     with db.session() as s:
         run = s.execute(select(Run).where(R.idempotency_key == key)).scalar_one_or_none()
     if run is None:
         return None
-    if run.request_hash != digest:
+    if run.request_hash != digest or not _visible(run, owner):
         raise HTTPException(409, "Idempotency-Key was already used with a different request body")
     return RunPublic.of(run)
+
+
+def _check_active_runs(db: Database, owner: str | None, limit: int) -> None:
+    with db.session() as s:
+        mine = R.owner.is_(None) if owner is None else R.owner == owner
+        n = s.execute(select(func.count()).where(mine, R.status.in_(ACTIVE))).scalar_one()
+    if n >= limit:
+        who = "open-mode caller" if owner is None else f"owner {owner!r}"
+        raise HTTPException(
+            429, f"limit reached: {n} runs queued or running for {who}, at most {limit} (GPTJOBS_MAX_ACTIVE_RUNS)"
+        )
 
 
 # --- read -----------------------------------------------------------------------------------
@@ -190,12 +226,15 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 @router.get("", response_model=RunList)
 def list_runs(
     db: DbDep,
+    owner: Owner,
     status: Annotated[str | None, Query(description="comma-separated statuses, e.g. queued,running")] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor from the previous page")] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor from the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> RunList:
     """Runs, newest first."""
     q = select(Run).order_by(R.created_at.desc(), R.id.desc()).limit(limit + 1)
+    if owner is not None:
+        q = q.where(R.owner == owner)
     if status:
         wanted = [x.strip() for x in status.split(",") if x.strip()]
         bad = [x for x in wanted if x not in RUN_STATUSES]
@@ -213,41 +252,40 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)
-def get_run(run_id: RunId, db: DbDep) -> RunDetail:
-    """The run, with a `progress` summary computed from its events."""
+def get_run(run_id: RunId, db: DbDep, owner: Owner) -> RunDetail:
+    """The run, with `progress` (where it is) and `diagnostics` (how it is going: loss trend,
+    overfitting, time spent evaluating, MFU and why it is low, NaNs, tokens per parameter)."""
     with db.session() as s:
         run = s.get(Run, run_id)
-        if run is None:
+        if run is None or not _visible(run, owner):
             raise HTTPException(404, f"run {run_id!r} not found")
-        return RunDetail(**RunPublic.of(run).model_dump(), progress=progress(s, run))
+        p = progress(s, run)
+        return RunDetail(**RunPublic.of(run).model_dump(), progress=p, diagnostics=diagnose(s, run, p))
 
 
 # --- cancel ---------------------------------------------------------------------------------
 
 
 def _cancel_queued(db: Database, run_id: str, stream_seq: int) -> dict[str, Any] | None:
-    """queued -> cancelled plus its status event, in one transaction; None if not queued.
+    """queued or recovering -> cancelled plus its status event, in one transaction; None if
+    neither.
 
-    The only seq assigned outside the worker: safe, because no worker ever claimed the
-    run (the conditional UPDATE decides that race), and it continues after anything an
-    earlier attempt left in the database or on the stream.
+    A seq assigned outside the worker (as the reaper's, api/reaper.py): safe, because no
+    worker holds the run (the conditional UPDATE decides that race with a claim), and it
+    continues after anything an earlier attempt left in the database or on the stream.
     """
     now = time.time()
-    reason = "cancelled before it started"
+    reason = "cancelled while waiting for a worker"
     with db.transaction() as s:
         res = s.execute(
             update(Run)
-            .where(R.id == run_id, R.status == "queued")
+            .where(R.id == run_id, R.status.in_(("queued", "recovering")))
             .values(status="cancelled", reason=reason, finished_at=now)
         )
         if res.rowcount != 1:  # type: ignore[attr-defined]
             return None
         attempt = s.execute(select(R.attempt).where(R.id == run_id)).scalar_one()
-        seq = max(last_seq(s, run_id), stream_seq) + 1
-        ev = {"run_id": run_id, "seq": seq, "attempt": attempt, "type": "status", "ts": now}
-        ev |= {"status": "cancelled", "reason": reason}
-        insert_events(s, [event_row(ev, dumps(ev))])
-    return ev
+        return append_status(s, run_id, attempt, stream_seq, "cancelled", reason)
 
 
 @router.post(
@@ -260,25 +298,22 @@ def _cancel_queued(db: Database, run_id: str, stream_seq: int) -> dict[str, Any]
         503: {"model": Problem, "description": "Redis is unreachable, so a running run cannot be told"},
     },
 )
-async def cancel_run(run_id: RunId, response: Response, db: DbDep, r: RedisDep) -> RunPublic:
-    """Cancel a run. A queued run ends `cancelled` at once (200) without reaching a worker;
-    a running one is asked to stop (202) and ends `cancelled` after writing a checkpoint."""
-    run = await run_in_threadpool(_load, db, run_id)
-    if run.status == "queued":
+async def cancel_run(run_id: RunId, response: Response, db: DbDep, r: RedisDep, owner: Owner) -> RunPublic:
+    """Cancel a run. A queued (or recovering) run ends `cancelled` at once (200) without
+    reaching a worker; a running one is asked to stop (202) and ends `cancelled` after
+    writing a checkpoint."""
+    run = await run_in_threadpool(_load, db, run_id, owner)
+    if run.status in ("queued", "recovering"):
         try:
-            tail = entries(await r.xrevrange(stream_key(run_id), count=1))
-            stream_seq = int(tail[0][1][b"s"]) if tail else 0
+            stream_seq = tail_seq(await r.xrevrange(stream_key(run_id), count=1))
         except RedisError:
             stream_seq = 0
         ev = await run_in_threadpool(_cancel_queued, db, run_id, stream_seq)
         if ev is not None:
-            try:  # followers waiting on the stream see the end now; others find it in the database
-                fields = {"s": ev["seq"], "e": dumps(ev), "f": 1}
-                await r.xadd(stream_key(run_id), fields)  # type: ignore[arg-type]
-            except RedisError:
-                pass
-            return RunPublic.of(await run_in_threadpool(_load, db, run_id))
-        run = await run_in_threadpool(_load, db, run_id)  # a worker claimed it meanwhile
+            with contextlib.suppress(RedisError):  # followers on the stream see the end now; others read the DB
+                await r.xadd(stream_key(run_id), stream_fields(ev))
+            return RunPublic.of(await run_in_threadpool(_load, db, run_id, owner))
+        run = await run_in_threadpool(_load, db, run_id, owner)  # a worker claimed it meanwhile
     if run.status in TERMINAL:
         raise HTTPException(409, f"run already ended: {run.status}")
     try:
@@ -304,7 +339,7 @@ def _types(type_: str | None) -> list[str] | None:
 
 def _downsampled(db: Database, run_id: str, after: int, types: list[str] | None, max_points: int) -> tuple[list, int]:
     """Every non-iter event, and at most max_points iter events evenly spread (first and last kept)."""
-    base = [E.run_id == run_id, E.seq > after]
+    base = [E.run_id == run_id, E.seq > after, CURRENT]
     with db.session() as s:
         other = [E.type != "iter"] + ([E.type.in_(types)] if types else [])
         rows = list(s.execute(select(E.seq, E.body).where(*base, *other)).all())
@@ -324,7 +359,8 @@ def _downsampled(db: Database, run_id: str, after: int, types: list[str] | None,
 def get_events(
     run_id: RunId,
     db: DbDep,
-    after: Annotated[int, Query(ge=0, description="return events with seq greater than this")] = 0,
+    owner: Owner,
+    after: Annotated[int, Query(ge=0, le=SEQ_MAX, description="return events with seq greater than this")] = 0,
     type: Annotated[str | None, Query(description="comma-separated event types, e.g. iter,eval")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     max_points: Annotated[
@@ -335,12 +371,12 @@ def get_events(
     """The run's history in the event format, cursor-based. With max_points the whole range
     comes in one response (limit does not apply)."""
     types = _types(type)
-    _load(db, run_id)
+    _load(db, run_id, owner)
     if max_points is not None:
         rows, next_after = _downsampled(db, run_id, after, types, max_points)
         more = False
     else:
-        q = select(E.seq, E.body).where(E.run_id == run_id, E.seq > after)
+        q = select(E.seq, E.body).where(E.run_id == run_id, E.seq > after, CURRENT)
         if types:
             q = q.where(E.type.in_(types))
         with db.session() as s:
@@ -357,7 +393,7 @@ def _log_lines(db: Database, run_id: str, after: int) -> Iterator[str]:
     while True:
         with db.session() as s:
             rows = s.execute(
-                select(E.seq, E.body).where(E.run_id == run_id, E.seq > after).order_by(E.seq).limit(5000)
+                select(E.seq, E.body).where(E.run_id == run_id, E.seq > after, CURRENT).order_by(E.seq).limit(5000)
             ).all()
         yield "".join(line + "\n" for _, b in rows for line in format_event(json.loads(b)))
         if len(rows) < 5000:
@@ -374,11 +410,12 @@ def get_log(
     run_id: RunId,
     request: Request,
     db: DbDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    owner: Owner,
+    after: Annotated[int, Query(ge=0, le=SEQ_MAX)] = 0,
     follow_: Annotated[bool, Query(alias="follow", description="keep streaming until the run ends")] = False,
 ) -> StreamingResponse:
     """The run as the lines nanoGPT prints (`iter 10: loss 3.1, time 33.22ms, mfu 11.07%`)."""
-    _load(db, run_id)
+    _load(db, run_id, owner)
     if not follow_:
         return StreamingResponse(_log_lines(db, run_id, after), media_type="text/plain; charset=utf-8")
     st = request.app.state
@@ -394,16 +431,28 @@ def get_log(
 
 
 @router.websocket("/{run_id}/stream")
-async def stream(websocket: WebSocket, run_id: str, after: Annotated[int, Query(ge=0)] = 0) -> None:
+async def stream(
+    websocket: WebSocket,
+    run_id: str,
+    after: Annotated[int, Query(ge=0, le=SEQ_MAX)] = 0,
+    token: Annotated[str | None, Query(description="the API key, for browsers (no headers on a WebSocket)")] = None,
+) -> None:
     """Every event after seq `after`: history first, then live, ending with the final
     `status` event and a normal close (1000). Reconnect with the last seq seen to miss
-    nothing and see nothing twice. An unknown run closes with 4404."""
+    nothing and see nothing twice. An unknown run closes with 4404; a missing, unknown or
+    revoked API key (the Authorization header, or `token`) with 4401."""
     st = websocket.app.state
     db: Database = st.db
     relay: Relay = st.relay
     await websocket.accept()
     try:
-        await run_in_threadpool(_load, db, run_id)
+        key = presented_key(websocket.headers.get("authorization"), token)
+        owner = await run_in_threadpool(owner_of, db, key)
+    except Unauthorized as e:
+        await websocket.close(code=4401, reason=str(e)[:120])
+        return
+    try:
+        await run_in_threadpool(_load, db, run_id, owner)
     except HTTPException:
         await websocket.close(code=4404, reason="run not found")
         return
@@ -441,4 +490,5 @@ async def stream(websocket: WebSocket, run_id: str, after: Annotated[int, Query(
         tg.start_soon(run_then_cancel, send_all)
         tg.start_soon(run_then_cancel, until_client_leaves)
     if websocket.application_state == WebSocketState.CONNECTED:
-        await websocket.close(code=1000)
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # gone meanwhile (a server stop)
+            await websocket.close(code=1000)

@@ -25,7 +25,8 @@ from sqlalchemy import select
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from api.db import Database, E, Run
+from api.auth import Owner
+from api.db import CURRENT, Database, E, Run
 from api.queue import SAMPLE_QUEUE, SAMPLE_REPLY_TTL_S, SAMPLE_TASK, sample_reply_key, sample_stop_key
 from api.routes.runs import NOT_FOUND, CeleryDep, DbDep, RedisDep, RunId, SettingsDep, _load, invalid
 from api.schemas import CheckpointInfo, CheckpointList, Problem, SampleRequest, SampleResult
@@ -106,10 +107,10 @@ def _no_checkpoint(run: Run) -> str:
     return f"run {run.id} has no checkpoint: it ended ({run.status}) before writing one"
 
 
-def _queue(db: Database, settings: Settings, celery: Any, run_id: str, req: dict[str, Any]) -> str:
+def _queue(db: Database, settings: Settings, celery: Any, run_id: str, owner: str | None, req: dict[str, Any]) -> str:
     """404 / 409 / 422 from what the database and the files say, then queue the request.
     One trip to the thread pool for all of it: this is on every request's path."""
-    run = _load(db, run_id)
+    run = _load(db, run_id, owner)
     out_dir = settings.runs_dir() / run_id
     if not (out_dir / ckpt.LATEST).exists():
         raise HTTPException(409, _no_checkpoint(run))
@@ -139,6 +140,7 @@ def _queue(db: Database, settings: Settings, celery: Any, run_id: str, req: dict
             "description": "JSON; with `stream`, text/plain (or server-sent events with Accept: text/event-stream)",
         },
         409: {"model": Problem, "description": "the run has no checkpoint yet"},
+        413: {"model": Problem, "description": "the body is over GPTJOBS_MAX_BODY_BYTES"},
         503: {"model": Problem, "description": "no sampling worker took the request in time, or Redis is down"},
         504: {"model": Problem, "description": "a sampling worker took the request, then stopped answering"},
         500: {"model": Problem, "description": "sampling failed on the worker"},
@@ -152,6 +154,7 @@ async def create_samples(
     settings: SettingsDep,
     r: RedisDep,
     celery: CeleryDep,
+    owner: Owner,
 ) -> Any:
     """Sample a run's checkpoint (the newest by default, also while the run trains).
 
@@ -159,6 +162,7 @@ async def create_samples(
     text (the prompt, then sample 0 live, then the other samples), or, with
     `Accept: text/event-stream`, as server-sent events: `start`, a message per piece of
     new text (`{"samples": [{"text": ...}]}`), and `end` with the JSON answer."""
+    await _rate_limit(r, owner, settings.sample_requests_per_min)
     for field, limit, env in (
         ("max_new_tokens", settings.sample_max_new_tokens, "SAMPLE_MAX_NEW_TOKENS"),
         ("num_samples", settings.sample_max_num_samples, "SAMPLE_MAX_NUM_SAMPLES"),
@@ -170,7 +174,7 @@ async def create_samples(
         raise invalid(("body", "prompt"), msg, len(body.prompt))
     seed = body.seed if body.seed is not None else secrets.randbelow(2**32)  # returned, so it can be repeated
     req = body.model_dump(exclude={"stream"}) | {"seed": seed}
-    request_id = await run_in_threadpool(_queue, db, settings, celery, run_id, req)
+    request_id = await run_in_threadpool(_queue, db, settings, celery, run_id, owner, req)
     answer = Answer(r, request_id, settings)
     try:
         start = await answer.get()
@@ -244,6 +248,27 @@ async def create_samples(
     )
 
 
+async def _rate_limit(r: aioredis.Redis, owner: str | None, per_min: int) -> None:
+    """A fixed one-minute window per owner, counted in Redis (shared by every API replica)."""
+    now = time.time()
+    key = f"quota:samples:{owner or ''}:{int(now // 60)}"
+    try:
+        pipe = r.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        n = (await pipe.execute())[0]
+    except RedisError:
+        return  # not counted: the request needs Redis anyway, and says so (503) if it gets that far
+    if n > per_min:
+        wait_s = 60 - int(now % 60)
+        raise HTTPException(
+            429,
+            f"limit reached: at most {per_min} sample requests a minute (GPTJOBS_SAMPLE_REQUESTS_PER_MIN); "
+            f"try again in {wait_s} s",
+            headers={"Retry-After": str(wait_s)},
+        )
+
+
 def _sse(data: dict[str, Any], event: str | None = None) -> str:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
@@ -261,12 +286,14 @@ def _ident(path: os.PathLike[str] | str) -> tuple[int, int] | None:
 
 
 @router.get("/{run_id}/checkpoints", tags=["checkpoints"], response_model=CheckpointList, responses=NOT_FOUND)
-def list_checkpoints(run_id: RunId, db: DbDep, settings: SettingsDep) -> CheckpointList:
+def list_checkpoints(run_id: RunId, db: DbDep, settings: SettingsDep, owner: Owner) -> CheckpointList:
     """The checkpoints kept on disk (the newest GPTJOBS_KEEP_CHECKPOINTS, and the best)."""
-    _load(db, run_id)
+    _load(db, run_id, owner)
     out_dir = settings.runs_dir() / run_id
     with db.session() as s:
-        rows = s.execute(select(E.iter, E.body).where(E.run_id == run_id, E.type == "checkpoint").order_by(E.seq)).all()
+        rows = s.execute(
+            select(E.iter, E.body).where(E.run_id == run_id, E.type == "checkpoint", CURRENT).order_by(E.seq)
+        ).all()
     events = {it: json.loads(body) for it, body in rows}  # a later event for the same iter wins
     best, latest = _ident(out_dir / ckpt.BEST), _ident(out_dir / ckpt.LATEST)
     out = []
@@ -304,9 +331,10 @@ def download_checkpoint(
     which: Annotated[str, Path(pattern=r"^(latest|best|\d{1,12})$", description='an iter, "latest" or "best"')],
     db: DbDep,
     settings: SettingsDep,
+    owner: Owner,
 ) -> FileResponse:
     """One checkpoint file, named ckpt.pt: put it in an out_dir and nanoGPT's sample.py loads it."""
-    _load(db, run_id)
+    _load(db, run_id, owner)
     out_dir = settings.runs_dir() / run_id
     path = ckpt.resolve(out_dir, int(which) if which.isdigit() else which)
     if not path.exists():

@@ -16,6 +16,7 @@ from api.migrate import upgrade
 from api.relay import Relay, follow
 from api.settings import Settings
 from tests.helpers import redis_server
+from worker.lease import Lease
 from worker.sink import EventSink
 
 
@@ -31,7 +32,10 @@ def _setup(tmp_path: Path, redis_url: str, run_id: str, **overrides: object) -> 
     db = Database(settings.db_url)
     with db.transaction() as s:
         s.add(Run(id=run_id, status="running", config={}, attempt=1, created_at=time.time()))
-    return settings, db, EventSink(db, redis.Redis.from_url(redis_url), settings, run_id, attempt=1)
+    r = redis.Redis.from_url(redis_url)
+    lease = Lease(r, run_id, 1, settings.lease_ttl_s)
+    lease.acquire()
+    return settings, db, EventSink(db, r, settings, run_id, lease)
 
 
 def _iter(i: int) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -127,3 +128,54 @@ def test_idempotency_key_returns_the_same_run(stack: Stack) -> None:
 def test_unknown_run_socket_closes_4404_and_health(stack: Stack) -> None:
     assert stack.stream("nope", timeout=10) == ([], 4404)
     assert stack.http.get("/healthz").json() == {"database": "ok", "redis": "ok"}
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as the spec has it: Python's parser would take NaN and Infinity, a browser's would not."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverging_run_fails_and_says_why(stack: Stack) -> None:
+    # A learning rate this large makes the loss NaN within a few steps (as in tests/unit/test_train.py).
+    run = stack.submit(max_iters=200, lr_decay_iters=200, learning_rate=1e6, min_lr=0, warmup_iters=0, grad_clip=0)
+    events, code = stack.stream(run["id"])
+    assert code == 1000, stack.log_tail("train")
+    final = events[-1]
+    assert final["type"] == "status" and final["status"] == "failed", final
+    assert "diverged" in final["reason"] and "learning_rate" in final["reason"]
+    assert [e["code"] for e in events if e["type"] == "warning"][-1] == "nan_loss"
+    assert len([e for e in events if e["type"] == "iter"]) < 200  # it stopped, not 200 iters of nan
+
+    resp = stack.http.get(f"/runs/{run['id']}")
+    detail = _strict_json(resp.text)
+    assert resp.status_code == 200 and detail["status"] == "failed" and detail["reason"] == final["reason"]
+    assert _strict_json(stack.http.get(f"/runs/{run['id']}/events").text)["events"] == events
+    assert "diverged" in stack.http.get(f"/runs/{run['id']}/log").text.strip().splitlines()[-1]
+
+
+def test_a_name_is_a_label_never_a_path(stack: Stack) -> None:
+    name = "../escape/../../etc/passwd"
+    body = {"name": name, "config": {**TINY, "max_iters": 5, "eval_interval": 5, "warmup_iters": 0}}
+    resp = stack.http.post("/runs", json=body)
+    assert resp.status_code == 201, resp.text
+    run = resp.json()
+    assert run["name"] == name and run["config"]["out_dir"] == f"runs/{run['id']}"  # stored verbatim
+    done = stack.wait_status(run["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded" and done["name"] == name, done["reason"]
+    assert (stack.data_dir / "runs" / run["id"] / "ckpt.pt").exists()
+    assert not (stack.data_dir / "escape").exists() and not (stack.data_dir.parent / "escape").exists()
+    assert any(r["name"] == name for r in stack.http.get("/runs").json()["runs"])
+
+
+def test_oversize_body_is_413_over_a_real_socket(stack: Stack) -> None:
+    # 1 MiB, the default GPTJOBS_MAX_BODY_BYTES: refused unread, then the connection is closed.
+    too_big = {"detail": "request body over 1048576 bytes (GPTJOBS_MAX_BODY_BYTES)"}
+    chunked = (b" " * 65536 for _ in range(32))
+    for content in (b" " * (1 << 20) + b"{}", chunked):
+        resp = stack.http.post("/runs", content=content, headers={"content-type": "application/json"})
+        assert resp.status_code == 413 and resp.json() == too_big
+    assert stack.http.get("/healthz").status_code == 200  # the client reconnects as usual

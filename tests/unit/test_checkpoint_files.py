@@ -39,3 +39,25 @@ def test_best_falls_back_to_latest_and_an_empty_dir_keeps_nothing(tmp_path: Path
     _write(tmp_path, 7, best=False, keep_last=5)  # e.g. a cancel before the first eval
     assert ckpt.resolve(tmp_path, "best") == tmp_path / ckpt.LATEST
     assert list(ckpt.kept(tmp_path)) == [7]
+
+
+def test_a_save_refused_before_the_rename_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    import pytest
+    import torch
+
+    path = tmp_path / ckpt.LATEST
+    ckpt.save(path, {"iter_num": 1})
+
+    class Fenced(Exception):
+        pass
+
+    def refuse() -> None:
+        raise Fenced
+
+    with pytest.raises(Fenced):
+        ckpt.save(path, {"iter_num": 2}, before_replace=refuse)
+    assert torch.load(path)["iter_num"] == 1
+    assert os.listdir(tmp_path) == [ckpt.LATEST]  # no temp file left behind
+    (tmp_path / f".{ckpt.LATEST}.abc123.tmp").write_bytes(b"half a checkpoint")  # a save killed midway
+    assert [p.name for p in ckpt.remove_partial(tmp_path)] == [f".{ckpt.LATEST}.abc123.tmp"]
+    assert os.listdir(tmp_path) == [ckpt.LATEST]

@@ -34,6 +34,10 @@ def test_nanogpt_defaults_and_recipe() -> None:
         ({"batch_size": "many"}, "batch_size", "integer"),
         ({"dropout": 1.5}, "dropout", "[0, 1)"),
         ({"learning_rate": "nan"}, "learning_rate", "finite"),
+        ({"learning_rate": float("inf")}, "learning_rate", "finite"),
+        ({"max_iters": 10**30}, "max_iters", "below 2**62"),  # JSON integers have no size limit
+        ({"seed": float("inf")}, "seed", "integer"),
+        ({"sample_prompts": ["\ud800"]}, "sample_prompts", "Unicode"),
         ({"device": "tpu"}, "device", "one of"),
         ({"init_from": "gpt2-xl"}, "init_from", "download"),
         ({"bias": "maybe"}, "bias", "true or false"),

@@ -1,0 +1,95 @@
+"""API keys: who is calling, and so which runs are theirs.
+
+A key is `gj_` and 32 random bytes (URL-safe base64). The database keeps its SHA-256 only:
+the key is random, so a fast hash is enough (there is no dictionary of likely keys to try).
+A caller sends `Authorization: Bearer <key>`; a browser's WebSocket, which cannot set
+headers, may send `?token=<key>`. Every request looks its key up again, so a revoked key
+stops working at once. The key's name is the owner: a run belongs to the name that created
+it, and for anyone else it does not exist (404, the socket closes with 4404).
+
+With no active key in the database the server is open: every caller is the one anonymous
+owner (None) and sees every run. `gptjobs serve`/`up` refuse to start open on an address
+other than loopback (unless GPTJOBS_ALLOW_OPEN), and say so when they start open on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy import select, update
+from starlette.concurrency import run_in_threadpool
+
+from api.db import ApiKey, Database, K
+
+BEARER = "bearer "
+
+
+class Unauthorized(Exception):
+    pass
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(db: Database, name: str) -> tuple[ApiKey, str]:
+    key = "gj_" + secrets.token_urlsafe(32)
+    row = ApiKey(id=secrets.token_hex(4), name=name, key_hash=_hash(key), created_at=time.time())
+    with db.transaction() as s:
+        s.add(row)
+    return row, key
+
+
+def list_keys(db: Database) -> list[ApiKey]:
+    with db.session() as s:
+        return list(s.execute(select(ApiKey).order_by(K.name, K.created_at)).scalars())
+
+
+def revoke(db: Database, key_id: str | None = None, name: str | None = None) -> int:
+    """Revoke one key by id, or every key of a name; returns how many."""
+    cond = K.id == key_id if key_id else K.name == name
+    with db.transaction() as s:
+        res = s.execute(update(ApiKey).where(cond, K.revoked_at.is_(None)).values(revoked_at=time.time()))
+        return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def open_mode(db: Database) -> bool:
+    with db.session() as s:
+        return s.execute(select(K.id).where(K.revoked_at.is_(None)).limit(1)).first() is None
+
+
+def owner_of(db: Database, key: str | None) -> str | None:
+    """The owner a key names; None in open mode. Raises Unauthorized saying what is wrong."""
+    with db.session() as s:
+        if key:
+            name = s.execute(select(K.name).where(K.key_hash == _hash(key), K.revoked_at.is_(None))).scalar()
+            if name is None:
+                raise Unauthorized("unknown or revoked API key")
+            return name
+        if s.execute(select(K.id).where(K.revoked_at.is_(None)).limit(1)).first() is not None:
+            raise Unauthorized("this server needs an API key: send `Authorization: Bearer <key>`")
+    return None
+
+
+def presented_key(authorization: str | None, token: str | None = None) -> str | None:
+    if authorization:
+        if not authorization.lower().startswith(BEARER):
+            raise Unauthorized("Authorization must be `Bearer <key>`")
+        return authorization[len(BEARER) :].strip()
+    return token or None
+
+
+async def caller(request: Request) -> str | None:
+    """The FastAPI dependency of every /runs route: 401 unless the caller may use the server."""
+    try:
+        key = presented_key(request.headers.get("authorization"))
+        return await run_in_threadpool(owner_of, request.app.state.db, key)
+    except Unauthorized as e:
+        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+Owner = Annotated[str | None, Depends(caller)]

@@ -1,0 +1,106 @@
+"""What the API answers to requests it will not take, instead of a 500: a body over the
+size limit (413), and a validation error whose input JSON cannot carry back (422)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodyLimit:
+    """413 for a request body over `max_bytes()` bytes (GPTJOBS_MAX_BODY_BYTES).
+
+    A declared Content-Length over the limit is refused before a byte of the body is read.
+    A body without one (chunked) is read here, up to the limit, before the app runs, so no
+    endpoint ever sees part of an oversize body. Pure ASGI: streaming responses and the
+    disconnect checks after the body go straight through.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes()
+        declared = _content_length(scope)
+        if declared is not None:
+            if declared > limit:
+                await _too_large(send, limit)
+            else:
+                await self.app(scope, receive, send)  # the server stops the body at Content-Length
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            first = await receive()
+            if first["type"] != "http.request":  # the client left: the app sees that
+                break
+            size += len(first.get("body", b""))
+            if size > limit:
+                await _too_large(send, limit)
+                return
+            chunks.append(first.get("body", b""))
+            if not first.get("more_body", False):
+                first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: http.disconnect, when the client leaves
+            replayed = True
+            return first
+
+        await self.app(scope, replay, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body over {limit} bytes (GPTJOBS_MAX_BODY_BYTES)"}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),  # the rest of the body is never read: end the connection with it
+    ]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)  # "inf", "nan"
+    if isinstance(x, str):
+        return x.encode("utf-8", "backslashreplace").decode()  # a lone surrogate is not UTF-8
+    if isinstance(x, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422 shape. Its default handler echoes each bad input, and Python's JSON
+    parser reads 1e400 as inf, accepts NaN and lone surrogates ("\\ud800"): things the
+    response cannot encode, so the default answer to them is a 500."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)

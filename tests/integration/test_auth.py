@@ -1,0 +1,188 @@
+"""API keys, owners and quotas against the real server (`gptjobs serve` on loopback, a real
+redis-server, SQLite). No worker: every answer here comes before a run reaches one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from api.migrate import upgrade
+from tests.helpers import ROOT, TINY, free_port, redis_server, service_env, stop, wait_for
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict[str, str]
+    keys: dict[str, str]
+
+    def client(self, who: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys[who]}"} if who else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def gptjobs(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "api.cli", *args]
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _new_key(env: dict[str, str], name: str) -> str:
+    out = gptjobs(env, "keys", "create", "--name", name)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("auth")
+    with redis_server() as redis_url:
+        db_url = f"sqlite:///{data_dir / 'gptjobs.db'}"
+        upgrade(db_url)
+        env = service_env(data_dir, redis_url, db_url)
+        env |= {"GPTJOBS_MAX_ACTIVE_RUNS": "2", "GPTJOBS_MAX_ITERS": "10000", "GPTJOBS_SAMPLE_REQUESTS_PER_MIN": "2"}
+        keys = {name: _new_key(env, name) for name in ("alice", "bob", "carol", "dave")}
+        port = free_port()
+        with open(data_dir / "api.log", "wb") as log:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        try:
+            url = f"http://127.0.0.1:{port}"
+
+            def up() -> bool:
+                assert p.poll() is None, (data_dir / "api.log").read_text()
+                try:
+                    return httpx.get(url + "/healthz").status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, 60, "the API")
+            yield Server(url, env, keys)
+        finally:
+            stop(p)
+
+
+def _ws_close_code(url: str, headers: dict[str, str] | None = None) -> int | None:
+    with connect(url, additional_headers=headers or {}, open_timeout=10) as ws:
+        try:
+            ws.recv(timeout=10)
+        except ConnectionClosed as e:
+            return e.rcvd.code if e.rcvd else None
+    return None
+
+
+def test_an_owner_cannot_reach_another_owners_run(server: Server) -> None:
+    with server.client("alice") as alice, server.client("bob") as bob:
+        resp = alice.post("/runs", json={"config": TINY})
+        assert resp.status_code == 201, resp.text
+        run_id = resp.json()["id"]
+        assert alice.get(f"/runs/{run_id}").status_code == 200
+        for method, path, body in [
+            ("GET", f"/runs/{run_id}", None),
+            ("GET", f"/runs/{run_id}/events", None),
+            ("GET", f"/runs/{run_id}/log", None),
+            ("GET", f"/runs/{run_id}/checkpoints", None),
+            ("GET", f"/runs/{run_id}/checkpoints/latest", None),
+            ("POST", f"/runs/{run_id}/samples", {"prompt": "a", "max_new_tokens": 1}),
+            ("POST", f"/runs/{run_id}/cancel", None),
+        ]:
+            resp = bob.request(method, path, json=body)
+            assert resp.status_code == 404, (method, path, resp.status_code, resp.text)
+            assert resp.json()["detail"] == f"run {run_id!r} not found"  # the same as an id that never existed
+        assert run_id not in {r["id"] for r in bob.get("/runs").json()["runs"]}
+        assert run_id in {r["id"] for r in alice.get("/runs").json()["runs"]}
+        ws = server.url.replace("http", "ws") + f"/runs/{run_id}/stream"
+        assert _ws_close_code(ws, {"Authorization": f"Bearer {server.keys['bob']}"}) == 4404
+        assert _ws_close_code(ws + f"?token={server.keys['bob']}") == 4404
+        assert _ws_close_code(ws) == 4401
+        assert _ws_close_code(ws + "?token=gj_wrong") == 4401
+        assert alice.post(f"/runs/{run_id}/cancel").status_code == 200  # the owner still can
+
+
+def test_no_key_or_a_wrong_one_is_401(server: Server) -> None:
+    for headers in ({}, {"Authorization": "Bearer gj_nonsense"}, {"Authorization": "Basic dXNlcjpwdw=="}):
+        resp = httpx.get(server.url + "/runs", headers=headers)
+        assert resp.status_code == 401, resp.text
+        assert resp.headers["www-authenticate"] == "Bearer"
+        assert "key" in resp.json()["detail"].lower()
+    assert httpx.get(server.url + "/healthz").status_code == 200  # health stays open
+
+
+def test_a_revoked_key_stops_at_once(server: Server) -> None:
+    with server.client("carol") as carol:
+        assert carol.get("/runs").status_code == 200
+        listed = gptjobs(server.env, "keys", "list").stdout
+        key_id = next(line.split()[0] for line in listed.splitlines() if " carol " in line)
+        out = gptjobs(server.env, "keys", "revoke", key_id)
+        assert out.returncode == 0 and "revoked 1 key" in out.stdout, out
+        resp = carol.get("/runs")
+        assert resp.status_code == 401 and "revoked" in resp.json()["detail"]
+        assert "revoked" in next(
+            line for line in gptjobs(server.env, "keys", "list").stdout.splitlines() if key_id in line
+        )
+
+
+def test_quotas_name_the_limit(server: Server) -> None:
+    with server.client("bob") as bob:
+        too_long = bob.post("/runs", json={"config": {**TINY, "max_iters": 20000}})
+        assert too_long.status_code == 422
+        err = too_long.json()["detail"][0]
+        assert (
+            err["loc"] == ["body", "config", "max_iters"]
+            and "10000" in err["msg"]
+            and "GPTJOBS_MAX_ITERS" in err["msg"]
+        )
+        ids = []
+        for _ in range(2):
+            resp = bob.post("/runs", json={"config": TINY})
+            assert resp.status_code == 201, resp.text
+            ids.append(resp.json()["id"])
+        third = bob.post("/runs", json={"config": TINY})
+        assert third.status_code == 429, third.text
+        assert "at most 2" in third.json()["detail"] and "GPTJOBS_MAX_ACTIVE_RUNS" in third.json()["detail"]
+        with server.client("alice") as alice:  # a limit per owner: alice's count is her own
+            resp = alice.post("/runs", json={"config": TINY})
+            assert resp.status_code == 201, resp.text
+        assert bob.post(f"/runs/{ids[0]}/cancel").status_code == 200
+        assert bob.post("/runs", json={"config": TINY}).status_code == 201  # room again
+
+    with server.client("dave") as dave:
+        run_id = dave.post("/runs", json={"config": TINY}).json()["id"]
+        if time.time() % 60 > 50:  # the window is the clock's minute: start the three in one
+            time.sleep(61 - time.time() % 60)
+        answers = [dave.post(f"/runs/{run_id}/samples", json={"max_new_tokens": 1}) for _ in range(3)]
+        assert [a.status_code for a in answers[:2]] == [409, 409]  # no checkpoint yet, but counted
+        assert answers[2].status_code == 429
+        assert "at most 2 sample requests a minute" in answers[2].json()["detail"]
+        assert int(answers[2].headers["retry-after"]) <= 60
+
+
+def test_open_mode_only_on_loopback(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'gptjobs.db'}"
+    upgrade(db_url)
+    env = service_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0", db_url)
+    out = gptjobs(env, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert out.returncode == 2
+    assert "refusing to serve on 0.0.0.0 with no API keys" in out.stderr
+    # On loopback it starts, and says it is open.
+    port = free_port()
+    argv = [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr is not None
+        assert "no API keys, so the API on 127.0.0.1 is open" in p.stderr.readline()
+    finally:
+        stop(p)

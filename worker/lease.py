@@ -1,0 +1,106 @@
+"""The lease: which one worker may train a run, and write its events and files.
+
+`run:{id}:lease` in Redis holds the attempt number of the worker training the run, with a
+TTL that a thread renews every ttl/3 (a training step may outlast the TTL; torch releases
+the GIL meanwhile). A lease is never re-created once gone: one that expired (worker
+killed or frozen, Redis away longer than the TTL) belongs to nobody, and the reaper
+(api/reaper.py) hands the run to attempt+1, which sets the key to its own number.
+
+A stale attempt writes nothing, because every write checks the attempt first:
+- the Redis stream: XADD through XADD_SCRIPT, which checks the lease in the same step;
+- the database: each write transaction checks the run's row (worker/sink.py `_guard`);
+- checkpoint files: renamed into place only after that same database check.
+The database check is the one that decides: the reaper and the claim change the row, so
+a worker cut off from Redis while the reaper sees it is still stopped at its next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+import redis
+
+from api.db import lease_key
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """This attempt no longer owns the run: stop, and write nothing more."""
+
+
+# KEYS: lease, stream. ARGV: attempt, maxlen, final (0/1), ttl for a final stream, seq, body.
+XADD_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '1' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[5], 'e', ARGV[6], 'f', 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[5], 'e', ARGV[6])
+end
+return 1
+"""
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+class Lease:
+    def __init__(self, r: redis.Redis, run_id: str, attempt: int, ttl_s: float):
+        self.r, self.run_id, self.attempt, self.ttl_s = r, run_id, attempt, ttl_s
+        self.key, self.value = lease_key(run_id), str(attempt)
+        self.lost = False
+        self.confirmed = time.monotonic()  # when Redis last said the lease is ours
+        self.next_try = 0.0
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        """Take the lease after winning the claim in the database (which decided who gets
+        it): overwrite whatever an earlier attempt left, and start renewing."""
+        try:
+            self.r.set(self.key, self.value, px=int(self.ttl_s * 1000))
+            self.confirmed = time.monotonic()
+        except redis.RedisError as e:  # the heartbeat tries again; the reaper decides if Redis stays away
+            log.warning("run %s: could not take the lease (%s)", self.run_id, e)
+        self._thread = threading.Thread(target=self._beat, name=f"lease:{self.run_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3) and not self.lost:
+            self.renew()
+
+    def renew(self) -> None:
+        try:
+            ok = self._renew(keys=[self.key], args=[self.value, int(self.ttl_s * 1000)])
+        except redis.RedisError:
+            return  # unknown: keep going; if it was lost meanwhile, the next answer says so
+        if ok:
+            self.confirmed = time.monotonic()
+        else:
+            self.lost = True
+
+    def check(self) -> None:
+        """Raise LeaseLost if the lease is gone. Called every iteration, so a flag at most;
+        but after a freeze (SIGSTOP, a suspended VM) the thread has not run yet, so a
+        confirmation older than ttl/2 is renewed here first (at most every ttl/10)."""
+        now = time.monotonic()
+        if not self.lost and now - self.confirmed > self.ttl_s / 2 and now >= self.next_try:
+            self.next_try = now + self.ttl_s / 10
+            self.renew()
+        if self.lost:
+            raise LeaseLost(f"attempt {self.attempt} of run {self.run_id} lost its lease")
+
+    def close(self, *, release: bool) -> None:
+        """Stop renewing; with release, give the lease up (the run ended or went back to the
+        queue), so that nothing waits for it to expire."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if release and not self.lost:
+            with contextlib.suppress(redis.RedisError):  # else it expires on its own
+                self._release(keys=[self.key], args=[self.value])
