@@ -262,6 +262,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"{label:<10} {value}")
     for w in p.get("warnings") or []:
         print(f"{'warning':<10} [{w['code']}] at iter {w['iter']}: {w['message']}")
+    for finding in (run.get("diagnostics") or {}).get("summary") or []:  # how the run is going, read for you
+        print(f"{'reading':<10} {finding}")
     cfg = run["config"]
     text = " ".join(f"{k}={cfg[k]!r}" for k in sorted(cfg))
     width = max(40, shutil.get_terminal_size().columns - 1)

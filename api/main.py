@@ -20,7 +20,7 @@ from api.metrics import install as install_metrics
 from api.queue import make_celery
 from api.reaper import Reaper
 from api.relay import Relay
-from api.routes import runs, samples
+from api.routes import dashboard, runs, samples
 from api.schemas import Health
 from api.settings import Settings, get_settings
 
@@ -55,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(runs.router)
     app.include_router(samples.router)
+    app.include_router(dashboard.router)  # GET / (the web dashboard) and GET /config/defaults
+    app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="static")
     # Bad input is a 4xx naming the field: bodies over GPTJOBS_MAX_BODY_BYTES, and inputs like 1e400.
     app.add_middleware(BodyLimit, max_bytes=lambda: app.state.settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -289,6 +289,7 @@ def test_list_show_log(stack: Stack, finished: str) -> None:
     assert re.search(r"^status +succeeded  \(attempt 1, restarts 0/default\)$", out.stdout, re.M), out.stdout
     assert re.search(r"^iter +40/40  \(100%\)$", out.stdout, re.M) and "mfu        n/a" in out.stdout
     assert re.search(r"^val loss +best \d\.\d{4}, last \d\.\d{4}$", out.stdout, re.M)
+    assert re.search(r"^reading +MFU is n/a: the peak FLOP/s of cpu is not known", out.stdout, re.M), out.stdout
     raw = gptjobs(stack, "show", finished, "--json")
     assert json.loads(raw.stdout) == {**stack.run(finished), "created_at": json.loads(raw.stdout)["created_at"]}
 

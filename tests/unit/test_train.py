@@ -95,9 +95,9 @@ def test_timing_excludes_eval_and_checkpoint(tiny, data_dir: Path, monkeypatch: 
             now[0] += 1000.0
         return real_batch(self, split, *a)
 
-    def slow_save(path: Path, state: dict[str, Any]) -> int:
+    def slow_save(path: Path, state: dict[str, Any], before_replace: Any = None) -> int:
         now[0] += 1000.0
-        return real_save(path, state)
+        return real_save(path, state, before_replace)
 
     monkeypatch.setattr(time, "perf_counter", clock)
     monkeypatch.setattr(Dataset, "batch", slow_val_batch)
