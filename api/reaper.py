@@ -20,6 +20,7 @@ what notices a dead worker in seconds, and the claim makes every extra delivery 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -64,6 +65,11 @@ def _running(db: Database, started_before: float) -> list[Any]:
         return list(s.execute(q).all())
 
 
+def _waiting(db: Database) -> list[str]:
+    with db.session() as s:
+        return list(s.execute(select(R.id).where(R.status.in_(("queued", "recovering")))).scalars())
+
+
 def _recover(db: Database, settings: Settings, row: Any, tail: list[Entry]) -> dict[str, Any] | None:
     """running -> recovering (or failed), with its status event; None if another replica,
     a late heartbeat's worker or the run's own end got there first. `tail` is the newest part
@@ -96,7 +102,8 @@ def _recover(db: Database, settings: Settings, row: Any, tail: list[Entry]) -> d
 class Reaper:
     def __init__(self, db: Database, r: aioredis.Redis, celery: Celery, settings: Settings):
         self.db, self.r, self.celery, self.settings = db, r, celery, settings
-        self.unsent: set[str] = set()  # moved to `recovering`, but the queue did not take the message
+        self.suspects: set[str] = set()  # waiting runs whose message was missing at the last scan
+        self.next_scan = 0.0
 
     async def forever(self) -> None:
         while True:
@@ -110,8 +117,7 @@ class Reaper:
 
     async def once(self) -> list[dict[str, Any]]:
         """One pass; returns the status events it wrote."""
-        for run_id in list(self.unsent):
-            await self._send(run_id)
+        await self.requeue_orphans()
         db, r, settings = self.db, self.r, self.settings
         rows = await run_in_threadpool(_running, db, time.time() - settings.lease_ttl_s)
         if not rows:
@@ -130,14 +136,50 @@ class Reaper:
             with contextlib.suppress(RedisError):  # followers read it from the database otherwise
                 await r.xadd(stream_key(row.id), stream_fields(ev))
             if ev["status"] == "recovering":
-                await self._send(row.id)
+                await self._send(row.id)  # if this fails, requeue_orphans sends it later
             out.append(ev)
         return out
+
+    async def requeue_orphans(self) -> list[str]:
+        """Runs waiting for a worker (queued or recovering) whose message is neither in the
+        queue nor in a worker's hands: a send that failed (Redis down just then), or a queue
+        lost with a Redis that kept no append-only file. Sent again once missing in two scans
+        lease_ttl_s apart, so that a send in flight is not doubled (a double would only be a
+        no-op at the claim). Returns the run ids sent."""
+        now = time.monotonic()
+        if now < self.next_scan:
+            return []
+        self.next_scan = now + self.settings.lease_ttl_s
+        waiting = set(await run_in_threadpool(_waiting, self.db))
+        missing = waiting - await self._in_broker() if waiting else set()
+        resend = sorted(missing & self.suspects)
+        self.suspects = missing - self.suspects
+        for run_id in resend:
+            log.warning("run %s: waiting for a worker but not in the queue; queuing it again", run_id)
+            await self._send(run_id)
+        return resend
+
+    async def _in_broker(self) -> set[str]:
+        """Run ids of the training messages in the queue or delivered but unacknowledged, in
+        kombu's Redis layout: the list `train`, the hash `unacked` of [message, exchange, key]."""
+        queued = await self.r.lrange(TRAIN_QUEUE, 0, -1)
+        unacked = await self.r.hvals("unacked")
+        ids = set()
+        for raw in [*queued, *unacked]:
+            try:
+                msg = json.loads(raw)
+                msg = msg[0] if isinstance(msg, list) else msg
+                if msg["headers"]["task"] == TRAIN_TASK:
+                    body = msg["body"]
+                    if msg.get("properties", {}).get("body_encoding") == "base64":
+                        body = base64.b64decode(body)
+                    ids.add(json.loads(body)[0][0])
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue  # not a message of ours
+        return ids
 
     async def _send(self, run_id: str) -> None:
         try:
             await run_in_threadpool(self.celery.send_task, TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
-            self.unsent.discard(run_id)
-        except Exception as e:  # kept, and sent again next pass
+        except Exception as e:
             log.warning("reaper: could not queue run %s again: %s", run_id, e)
-            self.unsent.add(run_id)

@@ -124,8 +124,11 @@ def train(run_id: str) -> None:
             log.exception("run %s: could not flush the last events", run_id)
         lease.close(release=True)
     if requeue:
-        app.send_task(TRAIN_TASK, args=[run_id])
-        log.info("run %s: requeued at shutdown, resumes at iter %s", run_id, ev.get("iter"))
+        try:
+            app.send_task(TRAIN_TASK, args=[run_id])
+            log.info("run %s: requeued at shutdown, resumes at iter %s", run_id, ev.get("iter"))
+        except Exception as e:  # the run is `queued` in the database: the reaper sends it again
+            log.warning("run %s: could not requeue it (%s); the API's reaper will", run_id, e)
     log.info("run %s: attempt %d done", run_id, run.attempt)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from api.db import CURRENT, Database, E, Run, lease_key, stream_key
 from api.migrate import upgrade
-from api.queue import TRAIN_QUEUE, make_celery
+from api.queue import TRAIN_QUEUE, TRAIN_TASK, make_celery
 from api.reaper import Reaper
 from api.settings import Settings
 from tests.helpers import redis_server
@@ -167,3 +167,29 @@ def test_the_reaper_requeues_a_run_whose_lease_expired(env: tuple[Settings, Data
     assert [m["headers"]["argsrepr"] for m in messages] == ["['lost']"]
     last = json.loads(r.xrevrange(stream_key("lost"), count=1)[0][1][b"e"])
     assert last["status"] == "recovering" and last["seq"] == _timeline(db, "lost")[-1]["seq"]
+
+
+def test_a_waiting_run_whose_message_was_lost_is_queued_again(env: tuple[Settings, Database, redis.Redis]) -> None:
+    settings, db, r = env
+    _new_run(db, "orphan")  # queued, but its message never reached the queue (Redis was down)
+    _new_run(db, "waiting")  # queued, its message in the queue
+    _new_run(db, "taken", status="recovering")  # its message delivered to a worker, not yet acked
+    celery = make_celery(settings)
+    celery.send_task(TRAIN_TASK, args=["taken"], queue=TRAIN_QUEUE)
+    taken = r.rpop(TRAIN_QUEUE)  # as kombu keeps a delivered message until its ack
+    r.hset("unacked", "tag-1", json.dumps([json.loads(taken), "", TRAIN_QUEUE]))  # type: ignore[arg-type]
+    celery.send_task(TRAIN_TASK, args=["waiting"], queue=TRAIN_QUEUE)
+
+    async def scans() -> list[list[str]]:
+        ar = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            reaper = Reaper(db, ar, make_celery(settings), settings)
+            first = await reaper.requeue_orphans()  # missing once: maybe a send in flight
+            await asyncio.sleep(settings.lease_ttl_s + 0.1)
+            return [first, await reaper.requeue_orphans()]
+        finally:
+            await ar.aclose()
+
+    assert asyncio.run(scans()) == [[], ["orphan"]]
+    queued = [json.loads(m)["headers"]["argsrepr"] for m in r.lrange(TRAIN_QUEUE, 0, -1)]
+    assert sorted(queued) == ["['orphan']", "['waiting']"]
