@@ -15,9 +15,10 @@ other than loopback (unless GPTJOBS_ALLOW_OPEN), and say so when they start open
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select, update
@@ -83,13 +84,39 @@ def presented_key(authorization: str | None, token: str | None = None) -> str | 
     return token or None
 
 
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def open_here(scope: Any) -> bool:
+    """May an open-mode server answer on the address this request came in on? `gptjobs serve`
+    refuses to start open elsewhere; this holds however the app was started (plain uvicorn)."""
+    host = (scope.get("server") or ("", None))[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True  # a Unix socket, or an in-process test client: nothing to check
+    return loopback(host) or scope["app"].state.settings.allow_open
+
+
+OPEN_REFUSED = "this server has no API keys, so it answers only on loopback (create one: gptjobs keys create)"
+
+
 async def caller(request: Request) -> str | None:
     """The FastAPI dependency of every /runs route: 401 unless the caller may use the server."""
     try:
         key = presented_key(request.headers.get("authorization"))
-        return await run_in_threadpool(owner_of, request.app.state.db, key)
+        owner = await run_in_threadpool(owner_of, request.app.state.db, key)
     except Unauthorized as e:
         raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+    if owner is None and not open_here(request.scope):
+        raise HTTPException(403, OPEN_REFUSED)
+    return owner
 
 
 Owner = Annotated[str | None, Depends(caller)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import ipaddress
 import os
 import shutil
 import signal
@@ -193,18 +192,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         children.stop()
 
 
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve anywhere
-        return False
-
-
 def open_mode_refused(host: str, settings: Settings) -> str | None:
     """With no API key the server is open: fine on loopback (said at start), refused elsewhere."""
-    from api.auth import open_mode
+    from api.auth import loopback, open_mode
     from api.db import Database
 
     db = Database(settings.db_url)

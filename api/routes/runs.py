@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api.auth import Owner, Unauthorized, owner_of, presented_key
+from api.auth import OPEN_REFUSED, Owner, Unauthorized, open_here, owner_of, presented_key
 from api.db import (
     ACTIVE,
     CURRENT,
@@ -450,6 +450,9 @@ async def stream(
         owner = await run_in_threadpool(owner_of, db, key)
     except Unauthorized as e:
         await websocket.close(code=4401, reason=str(e)[:120])
+        return
+    if owner is None and not open_here(websocket.scope):
+        await websocket.close(code=4403, reason=OPEN_REFUSED[:120])
         return
     try:
         await run_in_threadpool(_load, db, run_id, owner)

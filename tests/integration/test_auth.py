@@ -3,6 +3,7 @@ redis-server, SQLite). No worker: every answer here comes before a run reaches o
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -186,3 +187,44 @@ def test_open_mode_only_on_loopback(tmp_path: Path) -> None:
         assert "no API keys, so the API on 127.0.0.1 is open" in p.stderr.readline()
     finally:
         stop(p)
+
+
+def _outward_ip() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_open_mode_refuses_non_loopback_requests_however_started(tmp_path: Path) -> None:
+    ip = _outward_ip()
+    if ip is None:
+        pytest.skip("NO NON-LOOPBACK ADDRESS ON THIS MACHINE: open mode's per-request guard NOT TESTED")
+    with redis_server() as redis_url:
+        db_url = f"sqlite:///{tmp_path / 'gptjobs.db'}"
+        upgrade(db_url)
+        env = service_env(tmp_path, redis_url, db_url)
+        port = free_port()
+        # Plain uvicorn on every address: `gptjobs serve`'s start-up check never runs.
+        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", str(port)]
+        p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            local = f"http://127.0.0.1:{port}"
+
+            def up() -> bool:
+                try:
+                    return httpx.get(local + "/healthz").status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, 60, "the API")
+            assert httpx.get(local + "/runs").status_code == 200
+            outside = httpx.get(f"http://{ip}:{port}/runs")
+            assert outside.status_code == 403 and "only on loopback" in outside.json()["detail"]
+            assert _ws_close_code(f"ws://{ip}:{port}/runs/x/stream") == 4403
+        finally:
+            stop(p)
