@@ -69,7 +69,10 @@ def progress(s: Session, run: Run) -> Progress:
         p.best_val_loss, p.last_val_loss = min(vals), vals[-1]
     if p.iter is not None:
         tpi = cfg.get("gradient_accumulation_steps", 1) * cfg.get("batch_size", 1) * cfg.get("block_size", 1)
-        p.tokens_seen = (p.iter + 1) * tpi  # iter i reports the (i+1)-th step
+        # iter i reports the (i+1)-th step; a finished run trained all of max_iters, whatever
+        # log_interval left unreported.
+        trained = p.max_iters if run.status == "succeeded" and p.max_iters else p.iter + 1
+        p.tokens_seen = trained * tpi
         if p.max_iters:
             p.fraction = min(1.0, p.iter / p.max_iters)
         if p.max_iters is not None and p.median_step_ms is not None and run.status == "running":
