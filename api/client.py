@@ -218,13 +218,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         params["status"] = args.status
     runs = client.json("GET", "/runs", params=params)["runs"]
     rows = [["ID", "NAME", "STATUS", "ITER", "LOSS", "BEST VAL", "AGE"]]
-    for r in runs:  # the list has no progress: one GET per run (a page is at most --limit)
-        d = client.json("GET", f"/runs/{r['id']}")
-        p = d["progress"]
-        name = d["name"] or "-"
+    for r in runs:
+        p = r["progress"]
+        name = r["name"] or "-"
         name = name if len(name) <= 24 else name[:23] + "…"
         loss, best = _fmt(p.get("loss"), ".4f"), _fmt(p.get("best_val_loss"), ".4f")
-        rows.append([d["id"], name, d["status"], _iters(d), loss, best, ago(d["created_at"])])
+        rows.append([r["id"], name, r["status"], _iters(r), loss, best, ago(r["created_at"])])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {3, 4, 5, 6}
     for row in rows:

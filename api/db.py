@@ -177,9 +177,12 @@ def append_status(
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
-    cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; FULL costs an fsync per commit
     cur.execute("PRAGMA busy_timeout=30000")  # wait for the write lock instead of failing
+    # Readers never block the writer, nor it them. Persistent in the file, and set by the
+    # migrations already (api/migrate.py): switching needs a lock that two first
+    # connections at once would fight over ("database is locked", busy timeout or not).
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; FULL costs an fsync per commit
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

@@ -25,6 +25,20 @@ def _prepare(url: str) -> None:
 def upgrade(url: str, revision: str = "head") -> None:
     _prepare(url)
     command.upgrade(alembic_config(url), revision)
+    if url.startswith("sqlite"):
+        _wal(url)
+
+
+def _wal(url: str) -> None:
+    """WAL is a property of the SQLite file: set it once here, before any service connects."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("PRAGMA journal_mode=WAL"))
+    finally:
+        engine.dispose()
 
 
 def downgrade(url: str, revision: str = "base") -> None:

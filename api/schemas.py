@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.db import Run
 from api.diagnostics import Diagnostics
-from api.progress import Progress
+from api.progress import Glance, Progress
 
 
 class RunCreate(BaseModel):
@@ -79,8 +79,12 @@ class RunDetail(RunPublic):
     diagnostics: Diagnostics
 
 
+class RunListItem(RunPublic):
+    progress: Glance = Field(description="at a glance: GET /runs/{id} has the whole progress and diagnostics")
+
+
 class RunList(BaseModel):
-    runs: list[RunPublic]
+    runs: list[RunListItem]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null on the last page")
 
 

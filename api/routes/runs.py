@@ -43,10 +43,10 @@ from api.db import (
     tail_seq,
 )
 from api.diagnostics import diagnose
-from api.progress import progress
+from api.progress import glances, progress
 from api.queue import TRAIN_QUEUE, TRAIN_TASK
 from api.relay import Relay, follow
-from api.schemas import EventsPage, Problem, RunCreate, RunDetail, RunList, RunPublic
+from api.schemas import EventsPage, Problem, RunCreate, RunDetail, RunList, RunListItem, RunPublic
 from api.settings import Settings
 from api.ws import SEND_NOWAIT
 from gpt.config import ConfigError, make_config
@@ -246,9 +246,11 @@ def list_runs(
         q = q.where(or_(R.created_at < created, (R.created_at == created) & (R.id < run_id)))
     with db.session() as s:
         runs = list(s.execute(q).scalars())
-    more = len(runs) > limit
-    runs = runs[:limit]
-    return RunList(runs=[RunPublic.of(r) for r in runs], next_cursor=_encode_cursor(runs[-1]) if more else None)
+        more = len(runs) > limit
+        runs = runs[:limit]
+        seen = glances(s, runs)
+    items = [RunListItem(**RunPublic.of(r).model_dump(), progress=seen[r.id]) for r in runs]
+    return RunList(runs=items, next_cursor=_encode_cursor(runs[-1]) if more else None)
 
 
 @router.get("/{run_id}", response_model=RunDetail, responses=NOT_FOUND)

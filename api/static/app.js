@@ -26,7 +26,6 @@ async function pool(items, n, fn) {
 // --- runs -----------------------------------------------------------------------------------
 
 function runsView(root) {
-  const details = new Map(); // id -> GET /runs/{id}: progress, refetched while the run is going
   const selected = new Set(JSON.parse(localStorage.getItem(SELECTED) || "[]"));
   let timer = null;
   let closed = false;
@@ -42,8 +41,7 @@ function runsView(root) {
   }
 
   function row(run) {
-    const d = details.get(run.id);
-    const p = d?.progress;
+    const p = run.progress; // the list's glance: newest iter, loss, best val loss, MFU
     const box = h("input", {
       type: "checkbox",
       checked: selected.has(run.id),
@@ -72,14 +70,6 @@ function runsView(root) {
   async function refresh() {
     try {
       const { runs } = await getJSON("/runs?limit=100");
-      const stale = runs.filter((r) => ACTIVE.has(r.status) || details.get(r.id)?.status !== r.status);
-      await pool(stale, 6, async (r) => {
-        try {
-          details.set(r.id, await getJSON(`/runs/${encodeURIComponent(r.id)}`));
-        } catch {
-          // gone meanwhile: the row shows no progress
-        }
-      });
       if (closed) return;
       tbody.replaceChildren(
         ...(runs.length

@@ -40,7 +40,8 @@ export const statusBadge = (status) => h("span", { class: `status status-${statu
 
 // Iterations done (iter N is the (N+1)-th) out of max_iters.
 export function progressBar(p) {
-  const done = p?.iter == null ? null : p.iter + 1;
+  // fraction 1: the run finished all max_iters (log_interval may have left the last unreported)
+  const done = p?.fraction === 1 && p.max_iters ? p.max_iters : p?.iter == null ? null : p.iter + 1;
   const frac = done != null && p.max_iters ? Math.min(1, done / p.max_iters) : 0;
   const label = done == null ? "–" : `${int(done)} / ${int(p.max_iters)}`;
   return h(

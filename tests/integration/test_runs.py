@@ -43,7 +43,18 @@ def test_tiny_run_streams_every_event_then_closes(stack: Stack) -> None:
     p = detail["progress"]
     assert p["iter"] == iters[-1] and p["last_seq"] == events[-1]["seq"]
     assert p["best_val_loss"] == min(e["val_loss"] for e in events if e["type"] == "eval")
-    assert p["tokens_seen"] == (iters[-1] + 1) * 4 * 32 and p["median_step_ms"] > 0
+    assert p["tokens_seen"] == 60 * 4 * 32 and p["median_step_ms"] > 0 and p["fraction"] == 1.0
+    # The list carries a glance at each run, from the same events.
+    listed = next(r for r in stack.http.get("/runs").json()["runs"] if r["id"] == run["id"])
+    last_iter = next(e for e in reversed(events) if e["type"] == "iter")
+    assert listed["progress"] == {
+        "iter": last_iter["iter"],
+        "max_iters": 60,
+        "fraction": 1.0,
+        "loss": last_iter["loss"],
+        "best_val_loss": p["best_val_loss"],
+        "mfu": None,
+    }
 
     evals = stack.events(run["id"], type="eval")
     assert [e["iter"] for e in evals] == [0, 20, 40, 60]
