@@ -7,8 +7,9 @@ headers, may send `?token=<key>`. Every request looks its key up again, so a rev
 stops working at once. The key's name is the owner: a run belongs to the name that created
 it, and for anyone else it does not exist (404, the socket closes with 4404).
 
-With no active key in the database the server is open: every caller is the one anonymous
-owner (None) and sees every run. `gptjobs serve`/`up` refuse to start open on an address
+With no key in the database, ever, the server is open: every caller is the one anonymous
+owner (None) and sees every run. Once a key has been made the server stays closed, even if
+every key is revoked (revoking the last key must not hand everyone the owners' runs). `gptjobs serve`/`up` refuse to start open on an address
 other than loopback (unless GPTJOBS_ALLOW_OPEN), and say so when they start open on it.
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
+import re
 import secrets
 import time
 from typing import Annotated, Any
@@ -60,7 +63,7 @@ def revoke(db: Database, key_id: str | None = None, name: str | None = None) -> 
 
 def open_mode(db: Database) -> bool:
     with db.session() as s:
-        return s.execute(select(K.id).where(K.revoked_at.is_(None)).limit(1)).first() is None
+        return s.execute(select(K.id).limit(1)).first() is None
 
 
 def owner_of(db: Database, key: str | None) -> str | None:
@@ -71,7 +74,7 @@ def owner_of(db: Database, key: str | None) -> str | None:
             if name is None:
                 raise Unauthorized("unknown or revoked API key")
             return name
-        if s.execute(select(K.id).where(K.revoked_at.is_(None)).limit(1)).first() is not None:
+        if s.execute(select(K.id).limit(1)).first() is not None:
             raise Unauthorized("this server needs an API key: send `Authorization: Bearer <key>`")
     return None
 
@@ -120,3 +123,31 @@ async def caller(request: Request) -> str | None:
 
 
 Owner = Annotated[str | None, Depends(caller)]
+
+KEY_RECHECK_S = 5.0  # a stream that outlives its key's revocation ends within this
+
+
+async def revoked(db: Database, key: str | None, owner: str | None) -> bool:
+    """For long-lived streams: does the key still name the owner it named at the start?"""
+    try:
+        return await run_in_threadpool(owner_of, db, key) != owner
+    except Unauthorized:
+        return True
+
+
+class RedactTokens(logging.Filter):
+    """Keeps `?token=<key>` (how browsers authenticate a WebSocket) out of uvicorn's logs."""
+
+    PATTERN = re.compile(r"(token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def redact_server_logs() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())

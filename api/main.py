@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import redact_server_logs
 from api.db import Database
 from api.limits import BodyLimit, validation_error
 from api.metrics import install as install_metrics
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
+        redact_server_logs()  # a browser's WebSocket carries its API key in the URL
         app.state.settings = s
         app.state.db = Database(s.db_url)
         # One pool for the process; each followed run holds one connection in XREAD, so

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -51,6 +51,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import caller
 from api.db import RUN_STATUSES, Database, E, R, Run, entries, stream_key
 from api.queue import SAMPLE_QUEUE, TRAIN_QUEUE
 
@@ -255,6 +256,9 @@ router = APIRouter(tags=["metrics"])
 
 @router.get(
     "/metrics",
+    # Like /runs: it names the running runs (their ids, tokens/s, MFU). Prometheus sends a
+    # key with `authorization: {credentials: ...}` in its scrape config.
+    dependencies=[Depends(caller)],
     response_class=PlainTextResponse,
     responses={200: {"description": "Prometheus text exposition format"}},
 )

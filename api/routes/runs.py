@@ -22,10 +22,10 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from api.auth import OPEN_REFUSED, Owner, Unauthorized, open_here, owner_of, presented_key
+from api.auth import KEY_RECHECK_S, OPEN_REFUSED, Owner, Unauthorized, open_here, owner_of, presented_key, revoked
 from api.db import (
     ACTIVE,
     CURRENT,
@@ -408,7 +408,7 @@ def _log_lines(db: Database, run_id: str, after: int) -> Iterator[str]:
     response_class=StreamingResponse,
     responses={**NOT_FOUND, 200: {"content": {"text/plain": {}}, "description": "nanoGPT-style lines"}},
 )
-def get_log(
+async def get_log(
     run_id: RunId,
     request: Request,
     db: DbDep,
@@ -417,13 +417,22 @@ def get_log(
     follow_: Annotated[bool, Query(alias="follow", description="keep streaming until the run ends")] = False,
 ) -> StreamingResponse:
     """The run as the lines nanoGPT prints (`iter 10: loss 3.1, time 33.22ms, mfu 11.07%`)."""
-    _load(db, run_id, owner)
+    await run_in_threadpool(_load, db, run_id, owner)
     if not follow_:
-        return StreamingResponse(_log_lines(db, run_id, after), media_type="text/plain; charset=utf-8")
+        return StreamingResponse(
+            iterate_in_threadpool(_log_lines(db, run_id, after)), media_type="text/plain; charset=utf-8"
+        )
     st = request.app.state
+    key = presented_key(request.headers.get("authorization"))
 
     async def lines() -> AsyncIterator[str]:
+        checked = time.monotonic()
         async for body in follow(db, st.redis, st.relay, run_id, after, idle_s=st.settings.idle_check_s):
+            if time.monotonic() - checked > KEY_RECHECK_S:  # a revoked key's follow ends here
+                if await revoked(db, key, owner):
+                    yield "\n[stopped: API key revoked]\n"
+                    return
+                checked = time.monotonic()
             yield "".join(line + "\n" for line in format_event(json.loads(body)))
 
     return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
@@ -484,6 +493,12 @@ async def stream(
             if msg["type"] == "websocket.disconnect":
                 return
 
+    async def until_key_revoked() -> None:
+        while not await revoked(db, key, owner):
+            await anyio.sleep(KEY_RECHECK_S)
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await websocket.close(code=4401, reason="API key revoked")
+
     # The receiver beside the sender is how a client that leaves is noticed at once;
     # whichever finishes first cancels the other, so no task outlives the socket.
     async with anyio.create_task_group() as tg:
@@ -494,6 +509,7 @@ async def stream(
 
         tg.start_soon(run_then_cancel, send_all)
         tg.start_soon(run_then_cancel, until_client_leaves)
+        tg.start_soon(run_then_cancel, until_key_revoked)
     if websocket.application_state == WebSocketState.CONNECTED:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # gone meanwhile (a server stop)
             await websocket.close(code=1000)

@@ -25,6 +25,7 @@ class Server:
     url: str
     env: dict[str, str]
     keys: dict[str, str]
+    log: Path
 
     def client(self, who: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.keys[who]}"} if who else {}
@@ -50,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         upgrade(db_url)
         env = service_env(data_dir, redis_url, db_url)
         env |= {"GPTJOBS_MAX_ACTIVE_RUNS": "2", "GPTJOBS_MAX_ITERS": "10000", "GPTJOBS_SAMPLE_REQUESTS_PER_MIN": "2"}
-        keys = {name: _new_key(env, name) for name in ("alice", "bob", "carol", "dave")}
+        keys = {name: _new_key(env, name) for name in ("alice", "bob", "carol", "dave", "erin")}
         port = free_port()
         with open(data_dir / "api.log", "wb") as log:
             p = subprocess.Popen(
@@ -71,7 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     return False
 
             wait_for(up, 60, "the API")
-            yield Server(url, env, keys)
+            yield Server(url, env, keys, data_dir / "api.log")
         finally:
             stop(p)
 
@@ -111,15 +112,21 @@ def test_an_owner_cannot_reach_another_owners_run(server: Server) -> None:
         assert _ws_close_code(ws) == 4401
         assert _ws_close_code(ws + "?token=gj_wrong") == 4401
         assert alice.post(f"/runs/{run_id}/cancel").status_code == 200  # the owner still can
+    # The key a browser puts in the socket's URL stays out of the server's log.
+    logged = server.log.read_text()
+    assert "token=***" in logged and server.keys["bob"] not in logged
 
 
 def test_no_key_or_a_wrong_one_is_401(server: Server) -> None:
-    for headers in ({}, {"Authorization": "Bearer gj_nonsense"}, {"Authorization": "Basic dXNlcjpwdw=="}):
-        resp = httpx.get(server.url + "/runs", headers=headers)
-        assert resp.status_code == 401, resp.text
-        assert resp.headers["www-authenticate"] == "Bearer"
-        assert "key" in resp.json()["detail"].lower()
+    for path in ("/runs", "/metrics"):  # metrics name running runs: a key too
+        for headers in ({}, {"Authorization": "Bearer gj_nonsense"}, {"Authorization": "Basic dXNlcjpwdw=="}):
+            resp = httpx.get(server.url + path, headers=headers)
+            assert resp.status_code == 401, resp.text
+            assert resp.headers["www-authenticate"] == "Bearer"
+            assert "key" in resp.json()["detail"].lower()
     assert httpx.get(server.url + "/healthz").status_code == 200  # health stays open
+    with server.client("alice") as alice:
+        assert alice.get("/metrics").status_code == 200
 
 
 def test_a_revoked_key_stops_at_once(server: Server) -> None:
@@ -134,6 +141,21 @@ def test_a_revoked_key_stops_at_once(server: Server) -> None:
         assert "revoked" in next(
             line for line in gptjobs(server.env, "keys", "list").stdout.splitlines() if key_id in line
         )
+
+
+def test_a_socket_ends_when_its_key_is_revoked(server: Server) -> None:
+    with server.client("erin") as erin:
+        run_id = erin.post("/runs", json={"config": TINY}).json()["id"]  # queued: no worker, the socket waits
+    url = server.url.replace("http", "ws") + f"/runs/{run_id}/stream"
+    with connect(url, additional_headers={"Authorization": f"Bearer {server.keys['erin']}"}, open_timeout=10) as ws:
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=1)  # open, and nothing to send yet
+        assert gptjobs(server.env, "keys", "revoke", "--name", "erin").returncode == 0
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        assert time.monotonic() - t0 < 8
 
 
 def test_quotas_name_the_limit(server: Server) -> None:
@@ -228,3 +250,18 @@ def test_open_mode_refuses_non_loopback_requests_however_started(tmp_path: Path)
             assert _ws_close_code(f"ws://{ip}:{port}/runs/x/stream") == 4403
         finally:
             stop(p)
+
+
+def test_revoking_every_key_does_not_open_the_server(tmp_path: Path) -> None:
+    from api.auth import Unauthorized, create_key, open_mode, owner_of, revoke
+    from api.db import Database
+
+    db_url = f"sqlite:///{tmp_path / 'gptjobs.db'}"
+    upgrade(db_url)
+    db = Database(db_url)
+    assert open_mode(db) and owner_of(db, None) is None
+    create_key(db, "solo")
+    assert revoke(db, name="solo") == 1
+    assert not open_mode(db)
+    with pytest.raises(Unauthorized):
+        owner_of(db, None)
