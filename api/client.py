@@ -420,6 +420,10 @@ def follow(
                     on_event(ev, str(raw))
                     if ev["type"] == "status" and ev.get("status") in WATCH_EXIT:
                         return ev
+                if ws.close_code == 1000:  # ended with nothing after `last`: the run ended before it
+                    run = client.json("GET", f"/runs/{run_id}")
+                    if run["status"] in WATCH_EXIT:
+                        return {"type": "status", "seq": last, "status": run["status"], "reason": run["reason"]}
                 why = f"the server closed the stream ({ws.close_code} {ws.close_reason or ''})".rstrip()
         except ConnectionClosed as e:
             if e.rcvd is not None and e.rcvd.code >= 4000:  # the application's answer, e.g. 4404

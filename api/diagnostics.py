@@ -53,7 +53,11 @@ def diagnose(s: Session, run: Run, p: Progress) -> Diagnostics:
     if nans:
         said.append(nans[-1].get("message") or f"the loss became NaN at iter {d.nan_iters[-1]}")
 
-    evals = [e for e in _bodies(s, run.id, "eval") if isinstance(e.get("val_loss"), int | float)]
+    evals = [
+        e
+        for e in _bodies(s, run.id, "eval")
+        if isinstance(e.get("val_loss"), int | float) and isinstance(e.get("train_loss"), int | float)
+    ]  # a non-finite loss is stored as null
     if evals:
         gaps = [e["val_loss"] - e["train_loss"] for e in evals]
         d.train_val_gap = gaps[-1]

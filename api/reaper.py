@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import time
@@ -45,11 +44,11 @@ from api.db import (
     insert_events,
     last_seq,
     lease_key,
-    stream_fields,
     stream_key,
     tail_seq,
 )
 from api.queue import TRAIN_QUEUE, TRAIN_TASK
+from api.relay import publish
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,8 +132,7 @@ class Reaper:
             if ev is None:
                 continue
             log.warning("run %s: %s", row.id, ev["reason"])
-            with contextlib.suppress(RedisError):  # followers read it from the database otherwise
-                await r.xadd(stream_key(row.id), stream_fields(ev))
+            await publish(r, ev, settings.stream_ttl_s)
             if ev["status"] == "recovering":
                 await self._send(row.id)  # if this fails, requeue_orphans sends it later
             out.append(ev)

@@ -25,14 +25,14 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.db import CURRENT, TERMINAL, Database, E, Entry, R, entries, stream_key
+from api.db import CURRENT, TERMINAL, Database, E, Entry, R, entries, is_final, stream_fields, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,19 @@ class Relay:
                         continue
                     for sub in reader.subs:
                         sub.push(item)
+
+
+async def publish(r: aioredis.Redis, ev: dict[str, Any], ttl_s: int) -> None:
+    """XADD a status event the API wrote itself (a cancel, the reaper), for followers waiting
+    on the stream; a final one sets the stream's expiry, as a worker's does. Best effort:
+    the event is in the database already, and followers find it there."""
+    key = stream_key(ev["run_id"])
+    with contextlib.suppress(RedisError):
+        pipe = r.pipeline(transaction=False)
+        pipe.xadd(key, stream_fields(ev))
+        if is_final(ev):
+            pipe.expire(key, ttl_s)
+        await pipe.execute()
 
 
 # --- history ------------------------------------------------------------------------------

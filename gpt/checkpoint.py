@@ -13,6 +13,7 @@ the same checkpoint. The naming helpers import no torch: the API lists and serve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -49,7 +50,8 @@ def save(path: Path, state: dict[str, Any], before_replace: Callable[[], None] |
             before_replace()
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # a new attempt's remove_partial got to it first
+            os.unlink(tmp)
         raise
     return path.stat().st_size
 

@@ -79,3 +79,12 @@ def test_healthz_names_what_is_down(client: TestClient) -> None:
     resp = client.get("/healthz")
     assert resp.status_code == 503
     assert resp.json()["database"] == "ok" and resp.json()["redis"].startswith("error")
+
+
+def test_a_run_that_cannot_be_queued_fails_with_its_history_ended(client: TestClient) -> None:
+    resp = client.post("/runs", json={"config": TINY})  # Redis (the queue) is down
+    assert resp.status_code == 503 and "could not queue the run" in resp.json()["detail"]
+    run = client.get("/runs").json()["runs"][0]
+    assert run["status"] == "failed" and run["reason"].startswith("could not queue the run")
+    events = client.get(f"/runs/{run['id']}/events").json()["events"]
+    assert [(e["seq"], e["type"], e["status"]) for e in events] == [(1, "status", "failed")]

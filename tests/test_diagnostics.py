@@ -52,7 +52,7 @@ def _iters(start: int, stop: int, loss: Any, mfu: float | None = 0.03) -> list[d
     ]
 
 
-def _eval(it: int, train: float, val: float) -> dict[str, Any]:
+def _eval(it: int, train: float | None, val: float | None) -> dict[str, Any]:
     return {"type": "eval", "ts": it * 0.05, "iter": it, "train_loss": train, "val_loss": val, "eval_ms": 4000.0}
 
 
@@ -79,7 +79,7 @@ def test_overfitting_overhead_low_mfu_and_tokens_per_param(app: tuple[TestClient
 
 def test_nan_and_a_rising_loss(app: tuple[TestClient, Database]) -> None:
     client, db = app
-    events = [_start(), *_iters(0, 50, lambda i: 2.0 + i / 10)]
+    events = [_start(), *_iters(0, 50, lambda i: 2.0 + i / 10), _eval(50, None, None)]  # non-finite: null
     events.append(
         {"type": "warning", "ts": 3.0, "code": "nan_loss", "iter": 50, "message": "loss became nan at iter 50"}
     )

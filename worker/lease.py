@@ -43,6 +43,14 @@ else
 end
 return 1
 """
+# Take the lease unless a newer attempt holds it (a worker frozen between its claim and this
+# SET must not evict the attempt that replaced it).
+_ACQUIRE = """
+local held = tonumber(redis.call('GET', KEYS[1]))
+if held and held > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
@@ -54,19 +62,20 @@ class Lease:
         self.lost = False
         self.confirmed = time.monotonic()  # when Redis last said the lease is ours
         self.next_try = 0.0
+        self._acquire = r.register_script(_ACQUIRE)
         self._renew = r.register_script(_RENEW)
+        self.acquired = False
         self._release = r.register_script(_RELEASE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
         """Take the lease after winning the claim in the database (which decided who gets
-        it): overwrite whatever an earlier attempt left, and start renewing."""
-        try:
-            self.r.set(self.key, self.value, px=int(self.ttl_s * 1000))
-            self.confirmed = time.monotonic()
-        except redis.RedisError as e:  # the heartbeat tries again; the reaper decides if Redis stays away
-            log.warning("run %s: could not take the lease (%s)", self.run_id, e)
+        it), replacing what an earlier attempt left, and start renewing. If Redis does not
+        answer now, the heartbeat keeps trying to take it; the reaper decides if it stays away."""
+        self.renew()
+        if not self.acquired and not self.lost:
+            log.warning("run %s: could not take the lease yet (Redis unavailable); retrying", self.run_id)
         self._thread = threading.Thread(target=self._beat, name=f"lease:{self.run_id}", daemon=True)
         self._thread.start()
 
@@ -75,11 +84,14 @@ class Lease:
             self.renew()
 
     def renew(self) -> None:
+        """Take the lease the first time, extend it after: never re-create one that lapsed."""
+        script = self._renew if self.acquired else self._acquire
         try:
-            ok = self._renew(keys=[self.key], args=[self.value, int(self.ttl_s * 1000)])
+            ok = script(keys=[self.key], args=[self.value, int(self.ttl_s * 1000)])
         except redis.RedisError:
             return  # unknown: keep going; if it was lost meanwhile, the next answer says so
         if ok:
+            self.acquired = True
             self.confirmed = time.monotonic()
         else:
             self.lost = True

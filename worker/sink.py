@@ -89,6 +89,15 @@ class EventSink:
     def flush(self, status: dict[str, Any] | None = None) -> None:
         if not self.pending and status is None:
             return
+        try:
+            self._write(status)
+        except Exception:
+            if status is not None:  # its row (the last one pending) must not outlive this failure:
+                self.pending.pop()  # a later `failed` would otherwise land beside it
+            raise
+        self.pending = []
+
+    def _write(self, status: dict[str, Any] | None) -> None:
         with self.db.transaction() as s:
             self._guard(s)
             if status is not None and status["status"] == "running" and self.attempt > 1:
@@ -99,7 +108,6 @@ class EventSink:
                 if status["status"] in TERMINAL:
                     values["finished_at"] = time.time()
                 s.execute(update(Run).where(R.id == self.run_id).values(**values))
-        self.pending = []
 
     def _guard(self, s: Any) -> None:
         """Inside a write transaction (SQLite: BEGIN IMMEDIATE holds the write lock; elsewhere

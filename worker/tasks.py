@@ -107,10 +107,16 @@ def train(run_id: str) -> None:
         if not ended:
             _fail(sink, "the training loop ended without a final status")
     except LeaseLost as e:
-        # Another attempt owns the run now (this worker was frozen or cut off for longer
-        # than the lease): it resumes from the last checkpoint; this one writes nothing.
-        log.warning("run %s: %s; stopping without writing anything more", run_id, e)
-        sink.pending = []
+        # The lease lapsed (this worker was frozen or cut off for longer than it): the run
+        # resumes from its last checkpoint under a new attempt. What this one already sent
+        # live is saved if the database still says the run is ours (Redis lost the lease,
+        # or nobody took over yet), so that no seq a client saw is ever given out again;
+        # else the guard refuses it and this attempt writes nothing more.
+        log.warning("run %s: %s; stopping", run_id, e)
+        try:
+            sink.flush()
+        except LeaseLost:
+            sink.pending = []
     except Exception as e:
         log.exception("run %s failed", run_id)
         if not ended:

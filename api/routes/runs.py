@@ -38,14 +38,13 @@ from api.db import (
     Run,
     append_status,
     cancel_key,
-    stream_fields,
     stream_key,
     tail_seq,
 )
 from api.diagnostics import diagnose
 from api.progress import glances, progress
 from api.queue import TRAIN_QUEUE, TRAIN_TASK
-from api.relay import Relay, follow
+from api.relay import Relay, follow, publish
 from api.schemas import EventsPage, Problem, RunCreate, RunDetail, RunList, RunListItem, RunPublic
 from api.settings import Settings
 from api.ws import SEND_NOWAIT
@@ -177,12 +176,16 @@ def create_run(
     try:
         celery.send_task(TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
     except Exception as e:
+        reason = f"could not queue the run: {e}"
         with db.transaction() as s:
-            s.execute(
+            res = s.execute(
                 update(Run)
                 .where(R.id == run_id, R.status == "queued")
-                .values(status="failed", reason=f"could not queue the run: {e}", finished_at=time.time())
+                .values(status="failed", reason=reason, finished_at=time.time())
             )
+            # Its history ends too, so that a follower (`gptjobs watch`, the dashboard) sees the end.
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                append_status(s, run_id, run.attempt, 0, "failed", reason)
         raise HTTPException(503, f"could not queue the run (is Redis up?): {e}") from None
     return RunPublic.of(run)
 
@@ -300,7 +303,9 @@ def _cancel_queued(db: Database, run_id: str, stream_seq: int) -> dict[str, Any]
         503: {"model": Problem, "description": "Redis is unreachable, so a running run cannot be told"},
     },
 )
-async def cancel_run(run_id: RunId, response: Response, db: DbDep, r: RedisDep, owner: Owner) -> RunPublic:
+async def cancel_run(
+    run_id: RunId, response: Response, db: DbDep, r: RedisDep, settings: SettingsDep, owner: Owner
+) -> RunPublic:
     """Cancel a run. A queued (or recovering) run ends `cancelled` at once (200) without
     reaching a worker; a running one is asked to stop (202) and ends `cancelled` after
     writing a checkpoint."""
@@ -312,8 +317,7 @@ async def cancel_run(run_id: RunId, response: Response, db: DbDep, r: RedisDep, 
             stream_seq = 0
         ev = await run_in_threadpool(_cancel_queued, db, run_id, stream_seq)
         if ev is not None:
-            with contextlib.suppress(RedisError):  # followers on the stream see the end now; others read the DB
-                await r.xadd(stream_key(run_id), stream_fields(ev))
+            await publish(r, ev, settings.stream_ttl_s)
             return RunPublic.of(await run_in_threadpool(_load, db, run_id, owner))
         run = await run_in_threadpool(_load, db, run_id, owner)  # a worker claimed it meanwhile
     if run.status in TERMINAL:
@@ -343,6 +347,10 @@ def _downsampled(db: Database, run_id: str, after: int, types: list[str] | None,
     """Every non-iter event, and at most max_points iter events evenly spread (first and last kept)."""
     base = [E.run_id == run_id, E.seq > after, CURRENT]
     with db.session() as s:
+        # Bound every read by the newest seq, read first: events committed meanwhile are for
+        # the next call (next_after), not skipped by it.
+        newest = s.execute(select(func.max(E.seq)).where(*base)).scalar() or after
+        base.append(E.seq <= newest)
         other = [E.type != "iter"] + ([E.type.in_(types)] if types else [])
         rows = list(s.execute(select(E.seq, E.body).where(*base, *other)).all())
         if types is None or "iter" in types:
@@ -352,7 +360,6 @@ def _downsampled(db: Database, run_id: str, after: int, types: list[str] | None,
             sub = select(E.seq, E.body, rn).where(*base, E.type == "iter").subquery()
             keep = or_((sub.c.rn - 1) % stride == 0, sub.c.rn == n)
             rows += s.execute(select(sub.c.seq, sub.c.body).where(keep)).all()
-        newest = s.execute(select(func.max(E.seq)).where(*base)).scalar() or after
     rows.sort(key=lambda row: row[0])
     return rows, newest
 

@@ -286,6 +286,9 @@ def test_list_show_log(stack: Stack, finished: str) -> None:
 
     out = gptjobs(stack, "show", finished)
     assert out.returncode == 0, out.stderr
+    # Nothing after --after: the socket closes at once, and the run's own status decides.
+    late = gptjobs(stack, "watch", finished, "--after", "1000000")
+    assert late.returncode == 0, late.stderr
     assert re.search(r"^status +succeeded  \(attempt 1, restarts 0/default\)$", out.stdout, re.M), out.stdout
     assert re.search(r"^iter +40/40  \(100%\)$", out.stdout, re.M) and "mfu        n/a" in out.stdout
     assert re.search(r"^val loss +best \d\.\d{4}, last \d\.\d{4}$", out.stdout, re.M)

@@ -162,6 +162,7 @@ def test_the_reaper_requeues_a_run_whose_lease_expired(env: tuple[Settings, Data
         (3, "iter"),
         (4, "status"),
     ]
+    assert r.ttl(stream_key("spent")) > 0  # a finished run's stream expires (the database keeps it)
     # The lost run is queued again (one message), and its status event is on the stream.
     messages = [json.loads(m) for m in r.lrange(TRAIN_QUEUE, 0, -1)]
     assert [m["headers"]["argsrepr"] for m in messages] == ["['lost']"]
@@ -193,3 +194,35 @@ def test_a_waiting_run_whose_message_was_lost_is_queued_again(env: tuple[Setting
     assert asyncio.run(scans()) == [[], ["orphan"]]
     queued = [json.loads(m)["headers"]["argsrepr"] for m in r.lrange(TRAIN_QUEUE, 0, -1)]
     assert sorted(queued) == ["['orphan']", "['waiting']"]
+
+
+def test_a_late_acquire_does_not_evict_a_newer_attempt(env: tuple[Settings, Database, redis.Redis]) -> None:
+    settings, _, r = env
+    newer = Lease(r, "r1", 2, settings.lease_ttl_s)
+    newer.acquire()
+    stale = Lease(r, "r1", 1, settings.lease_ttl_s)  # frozen between its claim and this
+    stale.acquire()
+    assert stale.lost and not newer.lost and r.get(lease_key("r1")) == b"2"
+    newer.close(release=True)
+    stale.close(release=True)
+    assert r.get(lease_key("r1")) is None
+
+
+def test_a_final_status_that_failed_to_write_is_not_written_later(
+    env: tuple[Settings, Database, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, db, r = env
+    _new_run(db)
+    sink = _start(settings, db, r)
+    sink.emit({"type": "status", "ts": time.time(), "status": "running", "iter": 0})
+    write = sink._write
+
+    def locked_once(status: dict[str, Any] | None) -> None:
+        monkeypatch.setattr(sink, "_write", write)
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(sink, "_write", locked_once)
+    with pytest.raises(RuntimeError):
+        sink.emit({"type": "status", "ts": time.time(), "status": "succeeded", "iter": 10})
+    sink.emit({"type": "status", "ts": time.time(), "status": "failed", "reason": "could not record the end"})
+    assert [e["status"] for e in _timeline(db)] == ["running", "failed"]
