@@ -45,6 +45,21 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.05):  # type:
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def wait_healthy(url: str, procs: list[subprocess.Popen], what: str = "the API", timeout: float = 60) -> None:  # type: ignore[type-arg]
+    """Until GET /healthz answers 200; fails at once, with the exit, if a service dies meanwhile."""
+    import httpx
+
+    def healthy() -> bool:
+        for p in procs:
+            assert p.poll() is None, f"a service exited with {p.returncode}: {p.args!r}"
+        try:
+            return httpx.get(url + "/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout, what)
+
+
 def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:

@@ -24,7 +24,7 @@ import pytest
 from api.auth import create_key
 from api.db import Database
 from api.migrate import upgrade
-from tests.helpers import ROOT, free_port, redis_server, service_env, stop, wait_for, worker_argv
+from tests.helpers import ROOT, free_port, redis_server, service_env, stop, wait_for, wait_healthy, worker_argv
 
 # NOTES.md: what Chromium needs here. Playwright adds --headless and a fresh profile itself.
 CHROMIUM_ARGS = [
@@ -99,15 +99,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             url = f"http://127.0.0.1:{port}"
             http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
-            def healthy() -> bool:
-                for p in procs:
-                    assert p.poll() is None, f"a service exited: {p.args!r}"
-                try:
-                    return http.get("/healthz").status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(healthy, 60, "the API")
+            wait_healthy(url, procs)
             for name in ("train", "sample"):
                 wait_for(lambda n=name: b" ready." in (logs / f"{n}.log").read_bytes(), 90, f"the {name} worker")
             yield Site(url, key, http, logs)

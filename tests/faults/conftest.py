@@ -158,15 +158,7 @@ class FaultStack:
         def healthy() -> bool:
             assert self.api_proc is not None
             if not self.api_proc.alive():
-                log = self.api_log()
-                hint = ""
-                if "already in use" in log:  # seen when `gptjobs serve` restarts after clients were connected
-                    hint = (
-                        "`gptjobs serve` could not restart on its port: api/cli.py's port_free() binds without "
-                        "SO_REUSEADDR, so the previous process's TIME_WAIT connections refuse it for ~60 s "
-                        "(uvicorn's own bind sets SO_REUSEADDR and would succeed).\n"
-                    )
-                raise AssertionError(f"{hint}the API exited:\n{log}")
+                raise AssertionError(f"the API exited:\n{self.api_log()}")
             try:
                 return self.http.get("/healthz").status_code == 200
             except httpx.HTTPError:

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from api.migrate import upgrade
-from tests.helpers import ROOT, TINY, free_port, redis_server, service_env, stop, wait_for, worker_argv
+from tests.helpers import ROOT, TINY, free_port, redis_server, service_env, stop, wait_for, wait_healthy, worker_argv
 
 
 @dataclass
@@ -100,15 +100,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             url = f"http://127.0.0.1:{port}"
             http = httpx.Client(base_url=url, timeout=30)
 
-            def healthy() -> bool:
-                for p in procs:
-                    assert p.poll() is None, f"a service exited: {p.args}"
-                try:
-                    return http.get("/healthz").status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(healthy, 60, "the API")
+            wait_healthy(url, procs)
             wait_for(lambda: b" ready." in (logs / "train.log").read_bytes(), 60, "the train worker")
             yield Stack(url, data_dir, redis_url, logs, http, env)
             http.close()

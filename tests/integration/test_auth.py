@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from api.migrate import upgrade
-from tests.helpers import ROOT, TINY, free_port, redis_server, service_env, stop, wait_for
+from tests.helpers import ROOT, TINY, free_port, redis_server, service_env, stop, wait_healthy
 
 
 @dataclass
@@ -64,14 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         try:
             url = f"http://127.0.0.1:{port}"
 
-            def up() -> bool:
-                assert p.poll() is None, (data_dir / "api.log").read_text()
-                try:
-                    return httpx.get(url + "/healthz").status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(up, 60, "the API")
+            wait_healthy(url, [p])
             yield Server(url, env, keys, data_dir / "api.log")
         finally:
             stop(p)
@@ -237,13 +230,7 @@ def test_open_mode_refuses_non_loopback_requests_however_started(tmp_path: Path)
         try:
             local = f"http://127.0.0.1:{port}"
 
-            def up() -> bool:
-                try:
-                    return httpx.get(local + "/healthz").status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(up, 60, "the API")
+            wait_healthy(local, [p])
             assert httpx.get(local + "/runs").status_code == 200
             outside = httpx.get(f"http://{ip}:{port}/runs")
             assert outside.status_code == 403 and "only on loopback" in outside.json()["detail"]
