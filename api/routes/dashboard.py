@@ -23,8 +23,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from api.auth import open_mode
+from api.routes.runs import check_config
+from api.schemas import RunCreate
 from gpt import config as train_config
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -73,6 +76,13 @@ class ConfigDefaults(BaseModel):
     fields: list[ConfigField] = Field(description="every training key, in train.py's order")
     datasets: dict[str, DatasetInfo]
     limits: ServerLimits
+    auth_required: bool = Field(description="the data needs an API key (Authorization: Bearer)")
+
+
+class Validation(BaseModel):
+    ok: bool
+    errors: list[dict[str, Any]] = Field(description="as a 422 from POST /runs would list them: loc, msg")
+    config: dict[str, Any] | None = Field(description="the config filled in as the run would get it")
 
 
 @lru_cache
@@ -125,7 +135,24 @@ def config_defaults(request: Request) -> ConfigDefaults:
         for name, d in train_config.BUILTIN_DATASETS.items()
     }
     limits = ServerLimits(max_iters=settings.max_iters, max_params=settings.max_params)
-    return ConfigDefaults(fields=_fields(), datasets=datasets, limits=limits)
+    auth_required = not open_mode(request.app.state.db)
+    return ConfigDefaults(fields=_fields(), datasets=datasets, limits=limits, auth_required=auth_required)
+
+
+@router.post("/config/validate", response_model=Validation, tags=["config"])
+def validate(body: dict[str, Any], request: Request) -> Validation:
+    """Check a POST /runs body without creating a run: always 200, with the errors by field
+    that POST /runs would answer with a 422, or the config the run would get. For forms
+    (the dashboard checks before it submits), and for scripts that want to know first."""
+    try:
+        run = RunCreate.model_validate(body)
+    except ValidationError as e:
+        errors = [{"type": err["type"], "loc": ["body", *err["loc"]], "msg": err["msg"]} for err in e.errors()]
+        return Validation(ok=False, errors=errors, config=None)
+    cfg, errors = check_config(run.config, request.app.state.settings)
+    if cfg is None:  # without the inputs: they may be what JSON cannot hold (inf)
+        return Validation(ok=False, errors=[{k: v for k, v in e.items() if k != "input"} for e in errors], config=None)
+    return Validation(ok=True, errors=[], config=cfg.to_dict())
 
 
 @router.get("/", include_in_schema=False)

@@ -48,7 +48,7 @@ from api.relay import Relay, follow, publish
 from api.schemas import EventsPage, Problem, RunCreate, RunDetail, RunList, RunListItem, RunPublic
 from api.settings import Settings
 from api.ws import SEND_NOWAIT
-from gpt.config import ConfigError, make_config
+from gpt.config import ConfigError, TrainConfig, make_config
 from gpt.logfmt import format_event
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -135,18 +135,9 @@ def create_run(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunPublic:
     """Queue a training run. The config is validated now; a bad key is a 422 naming it and why."""
-    try:
-        cfg = make_config(body.config, max_params=settings.max_params, allow_paths=False)
-    except ConfigError as e:
-        raise RequestValidationError(
-            [
-                {"type": "value_error", "loc": ("body", "config", k), "msg": v, "input": body.config.get(k)}
-                for k, v in e.errors.items()
-            ]
-        ) from None
-    if cfg.max_iters > settings.max_iters:
-        msg = f"at most {settings.max_iters} on this server (GPTJOBS_MAX_ITERS)"
-        raise invalid(("body", "config", "max_iters"), msg, cfg.max_iters)
+    cfg, errors = check_config(body.config, settings)
+    if cfg is None:
+        raise RequestValidationError(errors)
     digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
     if idempotency_key and (earlier := _replay(db, idempotency_key, digest, owner)):
         response.status_code = 200
@@ -188,6 +179,24 @@ def create_run(
                 append_status(s, run_id, run.attempt, 0, "failed", reason)
         raise HTTPException(503, f"could not queue the run (is Redis up?): {e}") from None
     return RunPublic.of(run)
+
+
+def check_config(config: dict[str, Any], settings: Settings) -> tuple[TrainConfig | None, list[dict[str, Any]]]:
+    """The config filled in, or the errors by field (FastAPI's 422 items): every check
+    POST /runs makes of a config, for it and for POST /config/validate."""
+    try:
+        cfg = make_config(config, max_params=settings.max_params, allow_paths=False)
+    except ConfigError as e:
+        loc = ("body", "config")
+        return None, [
+            {"type": "value_error", "loc": (*loc, k), "msg": v, "input": config.get(k)} for k, v in e.errors.items()
+        ]
+    if cfg.max_iters > settings.max_iters:
+        msg = f"at most {settings.max_iters} on this server (GPTJOBS_MAX_ITERS)"
+        return None, [
+            {"type": "value_error", "loc": ("body", "config", "max_iters"), "msg": msg, "input": cfg.max_iters}
+        ]
+    return cfg, []
 
 
 def _replay(db: Database, key: str, digest: str, owner: str | None) -> RunPublic | None:

@@ -322,5 +322,19 @@ function keyButton() {
 
 document.getElementById("key-dialog").addEventListener("close", keyButton);
 window.addEventListener("hashchange", route);
-keyButton();
-route();
+
+// Ask for a key before the first request needs one, rather than after it is refused.
+async function start() {
+  try {
+    const { auth_required } = await getJSON("/config/defaults");
+    if (auth_required && !apiKey()) {
+      await askKey("This server needs an API key (`gptjobs keys create --name you` on the server makes one).");
+    }
+  } catch {
+    // the views say what is wrong with the server
+  }
+  keyButton();
+  route();
+}
+
+start();

@@ -1,7 +1,7 @@
 // The new-run form: nanoGPT's keys with their defaults (GET /config/defaults), POST /runs,
 // and the server's 422s shown by the field they name.
 
-import { ApiError, api, errorDetail, getJSON } from "./api.js";
+import { ApiError, api, errorDetail, getJSON, postJSON } from "./api.js";
 import { describe, h } from "./ui.js";
 
 // What a key's value looks like in its input: text for everything but booleans.
@@ -177,6 +177,13 @@ export function newRunView(root, fromRunId) {
       if (name.value.trim()) body.name = name.value.trim();
       button.disabled = true;
       try {
+        // The server's own checks first (200 either way): a bad value is shown by its field
+        // without a failed request.
+        const check = await postJSON("/config/validate", body);
+        if (!check.ok) {
+          showErrors(check.errors);
+          return;
+        }
         const resp = await api("/runs", { method: "POST", json: body });
         if (!resp.ok) throw new ApiError(resp.status, await errorDetail(resp));
         const run = await resp.json();
