@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -139,10 +140,11 @@ def create_run(
     if cfg is None:
         raise RequestValidationError(errors)
     digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
-    if idempotency_key and (earlier := _replay(db, idempotency_key, digest, owner)):
+    # Keys are each owner's own: the column holds a hash of (owner, key), unique.
+    scoped_key = _scoped(idempotency_key, owner) if idempotency_key else None
+    if scoped_key and (earlier := _replay(db, scoped_key, digest)):
         response.status_code = 200
         return earlier
-    _check_active_runs(db, owner, settings.max_active_runs)
     run_id = secrets.token_hex(8)
     config = cfg.to_dict()
     config["out_dir"] = f"runs/{run_id}"  # the server chooses: under its data directory
@@ -152,15 +154,16 @@ def create_run(
         config=config,
         max_restarts=body.max_restarts,
         owner=owner,
-        idempotency_key=idempotency_key,
-        request_hash=digest if idempotency_key else None,
+        idempotency_key=scoped_key,
+        request_hash=digest if scoped_key else None,
         created_at=time.time(),
     )
     try:
         with db.transaction() as s:
+            _check_active_runs(s, owner, settings.max_active_runs)  # in the insert's transaction
             s.add(run)
     except IntegrityError:
-        if idempotency_key and (earlier := _replay(db, idempotency_key, digest, owner)):  # lost a race with a twin
+        if scoped_key and (earlier := _replay(db, scoped_key, digest)):  # lost a race with a twin
             response.status_code = 200
             return earlier
         raise
@@ -199,20 +202,25 @@ def check_config(config: dict[str, Any], settings: Settings) -> tuple[TrainConfi
     return cfg, []
 
 
-def _replay(db: Database, key: str, digest: str, owner: str | None) -> RunPublic | None:
+def _scoped(key: str, owner: str | None) -> str:
+    return hashlib.sha256(f"{owner or ''}\n{key}".encode()).hexdigest()
+
+
+def _replay(db: Database, scoped_key: str, digest: str) -> RunPublic | None:
     with db.session() as s:
-        run = s.execute(select(Run).where(R.idempotency_key == key)).scalar_one_or_none()
+        run = s.execute(select(Run).where(R.idempotency_key == scoped_key)).scalar_one_or_none()
     if run is None:
         return None
-    if run.request_hash != digest or not _visible(run, owner):
+    if run.request_hash != digest:
         raise HTTPException(409, "Idempotency-Key was already used with a different request body")
     return RunPublic.of(run)
 
 
-def _check_active_runs(db: Database, owner: str | None, limit: int) -> None:
-    with db.session() as s:
-        mine = R.owner.is_(None) if owner is None else R.owner == owner
-        n = s.execute(select(func.count()).where(mine, R.status.in_(ACTIVE))).scalar_one()
+def _check_active_runs(s: Session, owner: str | None, limit: int) -> None:
+    """Inside the transaction that adds the run: on SQLite (BEGIN IMMEDIATE) two requests
+    cannot both count below the limit. PostgreSQL's READ COMMITTED leaves that race open."""
+    mine = R.owner.is_(None) if owner is None else R.owner == owner
+    n = s.execute(select(func.count()).where(mine, R.status.in_(ACTIVE))).scalar_one()
     if n >= limit:
         who = "open-mode caller" if owner is None else f"owner {owner!r}"
         raise HTTPException(

@@ -110,6 +110,20 @@ def test_an_owner_cannot_reach_another_owners_run(server: Server) -> None:
     assert "token=***" in logged and server.keys["bob"] not in logged
 
 
+def test_idempotency_keys_are_each_owners_own(server: Server) -> None:
+    with server.client("alice") as alice, server.client("bob") as bob:
+        headers = {"Idempotency-Key": "nightly-1"}
+        first = alice.post("/runs", json={"config": TINY}, headers=headers)
+        assert first.status_code == 201, first.text
+        again = alice.post("/runs", json={"config": TINY}, headers=headers)
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        # Another owner's use of the same key is a new run of theirs, not a 409 telling them it exists.
+        theirs = bob.post("/runs", json={"config": {**TINY, "n_layer": 2}}, headers=headers)
+        assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+        assert alice.post(f"/runs/{first.json()['id']}/cancel").status_code == 200  # room under the quota
+        assert bob.post(f"/runs/{theirs.json()['id']}/cancel").status_code == 200
+
+
 def test_no_key_or_a_wrong_one_is_401(server: Server) -> None:
     for path in ("/runs", "/metrics"):  # metrics name running runs: a key too
         for headers in ({}, {"Authorization": "Bearer gj_nonsense"}, {"Authorization": "Basic dXNlcjpwdw=="}):
