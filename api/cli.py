@@ -280,6 +280,20 @@ def add_key_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return _keys(args)
+    except SQLAlchemyError as e:
+        print(
+            f"gptjobs: the database at {get_settings().db_url} did not answer ({type(e).__name__}); "
+            "is it up, and migrated (`gptjobs migrate`)?",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _keys(args: argparse.Namespace) -> int:
     from api.auth import create_key, list_keys, revoke  # FastAPI and SQLAlchemy: only for this command
     from api.db import Database
 
