@@ -37,6 +37,9 @@ class Run(SQLModel, table=True):
     attempt: int = 0  # deliveries that started training; the lease carries it (worker/lease.py)
     max_restarts: int | None = None  # None: the server's GPTJOBS_MAX_RESTARTS
     restarts: int = 0  # times the reaper queued it again after losing its worker
+    # Seqs up to here may have been handed out (worker/sink.py reserves them in blocks before
+    # use), even if they never reached the database: no later writer starts below it.
+    seq_reserved: int = 0
     owner: str | None = Field(default=None, max_length=100, index=True)  # the API key's name; None: open mode
     idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
     request_hash: str | None = Field(default=None, max_length=64)  # same key, other body -> 409
@@ -165,7 +168,8 @@ def append_status(
     """A status event written by the API (a cancel before any worker has the run, the
     reaper), in the caller's transaction, after the conditional UPDATE that made it the only
     writer: its seq follows whatever is in the database or (stream_seq) on the stream."""
-    seq = max(last_seq(session, run_id), stream_seq) + 1
+    reserved = session.execute(select(R.seq_reserved).where(R.id == run_id)).scalar() or 0
+    seq = max(last_seq(session, run_id), stream_seq, reserved) + 1
     ev = {"run_id": run_id, "seq": seq, "attempt": attempt, "type": "status", "ts": time.time()}
     ev |= {"status": status, "reason": reason}
     insert_events(session, [event_row(ev, dumps(ev))])

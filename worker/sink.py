@@ -47,6 +47,8 @@ from worker.lease import XADD_SCRIPT, Lease, LeaseLost
 
 log = logging.getLogger(__name__)
 
+SEQ_BLOCK = 1000  # seqs reserved in the database at a time
+
 
 class EventSink:
     def __init__(self, db: Database, r: redis.Redis, settings: Settings, run_id: str, lease: Lease):
@@ -54,15 +56,17 @@ class EventSink:
         self.run_id, self.attempt, self.lease = run_id, lease.attempt, lease
         self.key = stream_key(run_id)
         self.xadd_script = r.register_script(XADD_SCRIPT)
-        # Continue after whatever any earlier attempt left, in the DB or only on the stream,
-        # so that seq never repeats within a run.
+        # Continue after whatever any earlier attempt left, in the DB, only on the stream, or
+        # handed out and lost with both (a worker killed while Redis lost its data): the
+        # reservation covers that, so that seq never repeats within a run.
         with db.session() as s:
             db_seq = last_seq(s, run_id)
+            reserved = s.execute(select(R.seq_reserved).where(R.id == run_id)).scalar() or 0
         try:
             redis_seq = tail_seq(r.xrevrange(self.key, count=1))
         except redis.RedisError:
             redis_seq = 0
-        self.seq = max(db_seq, redis_seq)
+        self.seq = self.reserved = max(db_seq, redis_seq, reserved)
         self.pending: list[dict[str, Any]] = []
         self.pending_since = 0.0
         self.cancelled = False
@@ -71,6 +75,8 @@ class EventSink:
 
     # --- writing ---------------------------------------------------------------------
     def emit(self, ev: dict[str, Any]) -> dict[str, Any]:
+        if self.seq >= self.reserved:
+            self._reserve()
         self.seq += 1
         ev = {"run_id": self.run_id, "seq": self.seq, "attempt": self.attempt, **ev}
         body = dumps(ev)
@@ -107,7 +113,17 @@ class EventSink:
                 values: dict[str, Any] = {"status": status["status"], "reason": status.get("reason")}
                 if status["status"] in TERMINAL:
                     values["finished_at"] = time.time()
+                if status["status"] != "running":  # this attempt ends: give back the unused seqs
+                    values["seq_reserved"] = self.seq
                 s.execute(update(Run).where(R.id == self.run_id).values(**values))
+
+    def _reserve(self) -> None:
+        """Record, before handing them out, the next SEQ_BLOCK seqs (one transaction per
+        block): a seq seen live but never saved is then still never given out again."""
+        with self.db.transaction() as s:
+            self._guard(s)
+            s.execute(update(Run).where(R.id == self.run_id).values(seq_reserved=self.seq + SEQ_BLOCK))
+        self.reserved = self.seq + SEQ_BLOCK
 
     def _guard(self, s: Any) -> None:
         """Inside a write transaction (SQLite: BEGIN IMMEDIATE holds the write lock; elsewhere

@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy import select
 
-from api.db import CURRENT, Database, E, Run, lease_key, stream_key
+from api.db import CURRENT, Database, E, Run, append_status, lease_key, stream_key
 from api.migrate import upgrade
 from api.queue import TRAIN_QUEUE, TRAIN_TASK, make_celery
 from api.reaper import Reaper
@@ -43,12 +43,16 @@ def _new_run(db: Database, run_id: str = "r1", **fields: Any) -> None:
         s.add(Run(id=run_id, config={"max_iters": 100}, created_at=time.time(), **fields))
 
 
-def _start(settings: Settings, db: Database, r: redis.Redis, run_id: str = "r1") -> EventSink:
+def _lease(settings: Settings, db: Database, r: redis.Redis, run_id: str = "r1") -> Lease:
     run = claim(db, run_id)
     assert run is not None
     lease = Lease(r, run_id, run.attempt, settings.lease_ttl_s)
     lease.acquire()
-    return EventSink(db, r, settings, run_id, lease)
+    return lease
+
+
+def _start(settings: Settings, db: Database, r: redis.Redis, run_id: str = "r1") -> EventSink:
+    return EventSink(db, r, settings, run_id, _lease(settings, db, r, run_id))
 
 
 def _iters(sink: EventSink, its: range) -> None:
@@ -111,7 +115,7 @@ def test_resume_supersedes_what_the_lost_attempt_reported_past_its_checkpoint(
     with db.transaction() as s:
         s.get(Run, "r1").status = "recovering"  # type: ignore[union-attr]
     second = _start(settings, db, r)
-    assert second.seq == first.seq  # continues the run's seq, never reuses one
+    assert second.seq == first.reserved > first.seq  # after all the first one might have handed out
     second.emit({"type": "status", "ts": time.time(), "status": "running", "iter": 5, "from_iter": 5})
     _iters(second, range(5, 8))
     timeline = _timeline(db)
@@ -226,3 +230,18 @@ def test_a_final_status_that_failed_to_write_is_not_written_later(
         sink.emit({"type": "status", "ts": time.time(), "status": "succeeded", "iter": 10})
     sink.emit({"type": "status", "ts": time.time(), "status": "failed", "reason": "could not record the end"})
     assert [e["status"] for e in _timeline(db)] == ["running", "failed"]
+
+
+def test_a_seq_seen_live_is_never_given_out_again_even_if_redis_loses_it(
+    env: tuple[Settings, Database, redis.Redis],
+) -> None:
+    settings, db, r = env
+    _new_run(db)
+    sink = EventSink(db, r, settings.model_copy(update={"iter_flush_count": 1000}), "r1", _lease(settings, db, r))
+    sink.emit({"type": "status", "ts": time.time(), "status": "running", "iter": 0})
+    _iters(sink, range(3))  # seqs 2-4: on the stream (and so on clients' screens), not in the database
+    r.flushall()  # Redis restarted without its data; the worker is lost with its unsaved batch
+    with db.transaction() as s:
+        s.get(Run, "r1").status = "recovering"  # type: ignore[union-attr]
+        ev = append_status(s, "r1", 1, 0, "recovering", "worker lost")
+    assert ev["seq"] > 4
