@@ -61,9 +61,12 @@ def revoke(db: Database, key_id: str | None = None, name: str | None = None) -> 
         return int(res.rowcount)  # type: ignore[attr-defined]
 
 
+ANY_KEY = select(K.id).limit(1)  # revoked ones too: once a key was made, the server stays closed
+
+
 def open_mode(db: Database) -> bool:
     with db.session() as s:
-        return s.execute(select(K.id).limit(1)).first() is None
+        return s.execute(ANY_KEY).first() is None
 
 
 def owner_of(db: Database, key: str | None) -> str | None:
@@ -74,7 +77,7 @@ def owner_of(db: Database, key: str | None) -> str | None:
             if name is None:
                 raise Unauthorized("unknown or revoked API key")
             return name
-        if s.execute(select(K.id).limit(1)).first() is not None:
+        if s.execute(ANY_KEY).first() is not None:
             raise Unauthorized("this server needs an API key: send `Authorization: Bearer <key>`")
     return None
 
