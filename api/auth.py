@@ -21,9 +21,9 @@ import logging
 import re
 import secrets
 import time
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
@@ -99,7 +99,7 @@ def loopback(host: str) -> bool:
         return False
 
 
-def open_here(scope: Any) -> bool:
+def open_here(scope: Any, allow_open: bool) -> bool:
     """May an open-mode server answer on the address this request came in on? `gptjobs serve`
     refuses to start open elsewhere; this holds however the app was started (plain uvicorn)."""
     host = (scope.get("server") or ("", None))[0]
@@ -107,35 +107,51 @@ def open_here(scope: Any) -> bool:
         ipaddress.ip_address(host)
     except ValueError:
         return True  # a Unix socket, or an in-process test client: nothing to check
-    return loopback(host) or scope["app"].state.settings.allow_open
+    return loopback(host) or allow_open
 
 
 OPEN_REFUSED = "this server has no API keys, so it answers only on loopback (create one: gptjobs keys create)"
-
-
-async def caller(request: Request) -> str | None:
-    """The FastAPI dependency of every /runs route: 401 unless the caller may use the server."""
-    try:
-        key = presented_key(request.headers.get("authorization"))
-        owner = await run_in_threadpool(owner_of, request.app.state.db, key)
-    except Unauthorized as e:
-        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
-    if owner is None and not open_here(request.scope):
-        raise HTTPException(403, OPEN_REFUSED)
-    return owner
-
-
-Owner = Annotated[str | None, Depends(caller)]
-
 KEY_RECHECK_S = 5.0  # a stream that outlives its key's revocation ends within this
 
 
-async def revoked(db: Database, key: str | None, owner: str | None) -> bool:
-    """For long-lived streams: does the key still name the owner it named at the start?"""
+class Refused(Exception):
+    """This caller may not use the server: the HTTP status, and the WebSocket close code."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+    @property
+    def ws_code(self) -> int:
+        return 4000 + self.status  # 4401, 4403: the HTTP status in the application's range
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the owner their key names (None in open mode) and that key."""
+
+    owner: str | None
+    key: str | None
+
+    async def revoked(self, db: Database) -> bool:
+        """For long-lived streams: does the key still name the owner it named at the start?"""
+        try:
+            return await run_in_threadpool(owner_of, db, self.key) != self.owner
+        except Unauthorized:
+            return True
+
+
+async def identify(db: Database, scope: Any, allow_open: bool, authorization: str | None, token: str | None) -> Caller:
+    """The caller of a request or WebSocket, or Refused (401 for a missing, unknown or
+    revoked key; 403 for an open-mode server reached on a non-loopback address)."""
     try:
-        return await run_in_threadpool(owner_of, db, key) != owner
-    except Unauthorized:
-        return True
+        key = presented_key(authorization, token)
+        owner = await run_in_threadpool(owner_of, db, key)
+    except Unauthorized as e:
+        raise Refused(401, str(e)) from None
+    if owner is None and not open_here(scope, allow_open):
+        raise Refused(403, OPEN_REFUSED)
+    return Caller(owner, key)
 
 
 class RedactTokens(logging.Filter):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
@@ -19,9 +18,6 @@ from sqlalchemy import JSON, Column, Index, Text, event, false, func, insert, se
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
-RUN_STATUSES = ("queued", "running", "recovering", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE = ("queued", "running", "recovering")  # what counts against GPTJOBS_MAX_ACTIVE_RUNS
 EVENT_TYPES = ("iter", "eval", "checkpoint", "status", "warning", "sample")
 
 
@@ -31,7 +27,7 @@ class Run(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=32)
     name: str | None = Field(default=None, max_length=200)
-    status: str = Field(default="queued", max_length=16, index=True)
+    status: str = Field(default="queued", max_length=16, index=True)  # api/lifecycle.py: states and moves
     reason: str | None = Field(default=None, sa_type=Text)
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # validated, defaults filled in
     attempt: int = 0  # deliveries that started training; the lease carries it (worker/lease.py)
@@ -94,29 +90,10 @@ def entries(resp: Any) -> list[Entry]:
     return cast(list[Entry], resp or [])
 
 
-def stream_key(run_id: str) -> str:
-    return f"run:{run_id}:events"
-
-
-def cancel_key(run_id: str) -> str:
-    return f"run:{run_id}:cancel"
-
-
 def tail_seq(xrevrange_reply: Any) -> int:
     """The seq of the newest entry of a stream (XREVRANGE key + - COUNT 1), 0 if empty."""
     last = entries(xrevrange_reply)
     return int(last[0][1][b"s"]) if last else 0
-
-
-def stream_fields(ev: dict[str, Any]) -> dict[Any, Any]:
-    fields: dict[Any, Any] = {"s": ev["seq"], "e": dumps(ev)}
-    if is_final(ev):
-        fields["f"] = 1  # lets the relay spot the end without parsing JSON
-    return fields
-
-
-def lease_key(run_id: str) -> str:
-    return f"run:{run_id}:lease"  # the attempt number of the worker training the run
 
 
 def _finite(x: Any) -> Any:
@@ -134,10 +111,6 @@ def dumps(ev: dict[str, Any]) -> str:
         return json.dumps(ev, separators=(",", ":"), allow_nan=False)
     except ValueError:
         return json.dumps(_finite(ev), separators=(",", ":"))
-
-
-def is_final(ev: dict[str, Any]) -> bool:
-    return ev.get("type") == "status" and ev.get("status") in TERMINAL
 
 
 def event_row(ev: dict[str, Any], body: str) -> dict[str, Any]:
@@ -160,20 +133,6 @@ def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
 
 def last_seq(session: Session, run_id: str) -> int:
     return session.execute(select(func.max(E.seq)).where(E.run_id == run_id)).scalar() or 0
-
-
-def append_status(
-    session: Session, run_id: str, attempt: int, stream_seq: int, status: str, reason: str
-) -> dict[str, Any]:
-    """A status event written by the API (a cancel before any worker has the run, the
-    reaper), in the caller's transaction, after the conditional UPDATE that made it the only
-    writer: its seq follows whatever is in the database or (stream_seq) on the stream."""
-    reserved = session.execute(select(R.seq_reserved).where(R.id == run_id)).scalar() or 0
-    seq = max(last_seq(session, run_id), stream_seq, reserved) + 1
-    ev = {"run_id": run_id, "seq": seq, "attempt": attempt, "type": "status", "ts": time.time()}
-    ev |= {"status": status, "reason": reason}
-    insert_events(session, [event_row(ev, dumps(ev))])
-    return ev
 
 
 # --- engines ----------------------------------------------------------------------------

@@ -1,17 +1,21 @@
 """What the API answers to requests it will not take, instead of a 500: a body over the
-size limit (413), and a validation error whose input JSON cannot carry back (422)."""
+size limit (413), a validation error whose input JSON cannot carry back (422), and too many
+requests in a minute (429)."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request
+import redis.asyncio as aioredis
+from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -104,3 +108,37 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     response cannot encode, so the default answer to them is a 500."""
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def invalid(loc: tuple[str, ...], msg: str, value: Any = None) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, so clients parse one error format."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+class RateLimit:
+    """At most `per_min` requests per owner in each minute of `clock` (a fixed window,
+    counted in Redis, so every API replica shares the count). The clock is injectable so
+    that a test can stand at a chosen moment of the minute instead of waiting for one."""
+
+    def __init__(
+        self, key: Callable[[str | None, int], str], what: str, setting: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.key, self.what, self.setting, self.clock = key, what, setting, clock
+
+    async def check(self, r: aioredis.Redis, owner: str | None, per_min: int) -> None:
+        now = self.clock()
+        key = self.key(owner, int(now // 60))
+        try:
+            pipe = r.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            n = (await pipe.execute())[0]
+        except RedisError:
+            return  # not counted: the request needs Redis anyway, and says so (503) if it gets that far
+        if n > per_min:
+            wait_s = 60 - int(now % 60)
+            raise HTTPException(
+                429,
+                f"limit reached: at most {per_min} {self.what} a minute ({self.setting}); try again in {wait_s} s",
+                headers={"Retry-After": str(wait_s)},
+            )

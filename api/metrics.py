@@ -34,10 +34,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import PlainTextResponse
+import redis.asyncio as aioredis
+from fastapi import FastAPI
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Gauge,
     GCCollector,
@@ -51,9 +50,10 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import caller
-from api.db import RUN_STATUSES, Database, E, R, Run, entries, stream_key
+from api.db import Database, E, R, Run, entries
+from api.lifecycle import RUN_STATES, RUNNING
 from api.queue import SAMPLE_QUEUE, TRAIN_QUEUE
+from api.redis_keys import stream_key
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _read_db(db: Database) -> _DbReading:
     with db.session() as s:
         by_status = {st: n for st, n in s.execute(select(R.status, func.count()).group_by(R.status))}
         events = s.execute(select(func.coalesce(func.sum(last_seq), 0)).select_from(runs)).scalar_one()
-        running = list(s.execute(select(R.id).where(R.status == "running").order_by(R.id).limit(MAX_RUNNING)).scalars())
+        running = list(s.execute(select(R.id).where(R.status == RUNNING).order_by(R.id).limit(MAX_RUNNING)).scalars())
     return _DbReading(by_status, int(events), running)
 
 
@@ -195,7 +195,7 @@ def _families(db: _DbReading | None, rd: _RedisReading | None) -> Iterable[Metri
     yield up
     if db is not None:
         runs = GaugeMetricFamily("gptjobs_runs", "Runs by status, from the database", labels=["status"])
-        for st in (*RUN_STATUSES, *sorted(set(db.by_status) - set(RUN_STATUSES))):
+        for st in (*RUN_STATES, *sorted(set(db.by_status) - set(RUN_STATES))):
             runs.add_metric([st], db.by_status.get(st, 0))
         yield runs
         yield CounterMetricFamily(
@@ -237,41 +237,24 @@ class _Exposition:
         yield from self.readings
 
 
-async def scrape(metrics: Metrics, state: Any) -> bytes:
+async def scrape(metrics: Metrics, database: Database, r: aioredis.Redis) -> bytes:
+    """The exposition text: what this app counted, and what the sources say now."""
     db: _DbReading | None = None
     rd: _RedisReading | None = None
     try:
-        db = await asyncio.wait_for(run_in_threadpool(_read_db, state.db), SOURCE_TIMEOUT_S)
+        db = await asyncio.wait_for(run_in_threadpool(_read_db, database), SOURCE_TIMEOUT_S)
     except Exception as e:
         log.warning("metrics: database: %s: %s", type(e).__name__, e)
     try:
-        rd = await asyncio.wait_for(_read_redis(state.redis, db.running if db else []), SOURCE_TIMEOUT_S)
+        rd = await asyncio.wait_for(_read_redis(r, db.running if db else []), SOURCE_TIMEOUT_S)
     except Exception as e:
         log.warning("metrics: redis: %s: %s", type(e).__name__, e)
     return generate_latest(_Exposition(metrics.registry, list(_families(db, rd))))
 
 
-router = APIRouter(tags=["metrics"])
-
-
-@router.get(
-    "/metrics",
-    # Like /runs: it names the running runs (their ids, tokens/s, MFU). Prometheus sends a
-    # key with `authorization: {credentials: ...}` in its scrape config.
-    dependencies=[Depends(caller)],
-    response_class=PlainTextResponse,
-    responses={200: {"description": "Prometheus text exposition format"}},
-)
-async def get_metrics(request: Request) -> Response:
-    """Prometheus metrics: runs by status, queue depths, events written, WebSocket clients,
-    HTTP latency, and each running run's tokens/s and MFU."""
-    body = await scrape(request.app.state.metrics, request.app.state)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
 def install(app: FastAPI) -> None:
-    """Count this app's requests and WebSockets, and serve GET /metrics. Call it after the
-    other middleware is added: this one then sits outside them and times their answers too."""
+    """Count this app's requests and WebSockets (GET /metrics serves them: api/routes/metrics.py).
+    Call it after the other middleware is added: this one then sits outside them and times
+    their answers too."""
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.include_router(router)

@@ -14,7 +14,7 @@ SAMPLE_QUEUE = "sample"
 TRAIN_TASK = "worker.train"
 SAMPLE_TASK = "worker.sample.generate"
 
-# A sampling request's answer travels back on its own Redis list, `sample:{id}`: the worker
+# A sampling request's answer travels back on its own Redis list (redis_keys.sample_reply_key): the worker
 # RPUSHes, the API BLPOPs (well below redis-py's 5 s socket timeout). Each element is a JSON
 # array of messages, in this order:
 #   {"t": "accepted"}                                a worker took the request
@@ -22,16 +22,8 @@ SAMPLE_TASK = "worker.sample.generate"
 #   {"t": "text", "p": [str, ...]}                   new text, one piece per sample
 #   {"t": "end", "new_tokens": int, "tokens_per_s": float}
 # or, at any point, {"t": "error", "status": int, "detail": str, "loc": [...] | null, "input": ...}.
-# The API sets `sample:{id}:stop` when it stops listening; the worker then stops generating.
+# The API sets redis_keys.sample_stop_key when it stops listening; the worker then stops generating.
 SAMPLE_REPLY_TTL_S = 600  # refreshed by each push: an answer nobody reads does not linger
-
-
-def sample_reply_key(request_id: str) -> str:
-    return f"sample:{request_id}"
-
-
-def sample_stop_key(request_id: str) -> str:
-    return f"sample:{request_id}:stop"
 
 
 def make_celery(settings: Settings) -> Celery:

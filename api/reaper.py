@@ -29,25 +29,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.db import (
-    Database,
-    Entry,
-    R,
-    Run,
-    append_status,
-    dumps,
-    entries,
-    event_row,
-    insert_events,
-    last_seq,
-    lease_key,
-    stream_key,
-    tail_seq,
-)
+from api.db import Database, Entry, R, dumps, entries, event_row, insert_events, last_seq, tail_seq
+from api.lifecycle import FAILED, RECOVERING, RUNNING, RUNS, WAITING, status_event
 from api.queue import TRAIN_QUEUE, TRAIN_TASK
+from api.redis_keys import UNACKED, lease_key, stream_key
 from api.relay import publish
 from api.settings import Settings
 
@@ -59,14 +47,14 @@ TAIL = 1000  # stream entries read back from a lost worker (it leaves at most ~2
 def _running(db: Database, started_before: float) -> list[Any]:
     with db.session() as s:
         q = select(R.id, R.attempt, R.restarts, R.max_restarts).where(
-            R.status == "running", R.started_at < started_before
+            R.status == RUNNING, R.started_at < started_before
         )
         return list(s.execute(q).all())
 
 
 def _waiting(db: Database) -> list[str]:
     with db.session() as s:
-        return list(s.execute(select(R.id).where(R.status.in_(("queued", "recovering")))).scalars())
+        return list(s.execute(select(R.id).where(R.status.in_(WAITING))).scalars())
 
 
 def _recover(db: Database, settings: Settings, row: Any, tail: list[Entry]) -> dict[str, Any] | None:
@@ -77,25 +65,20 @@ def _recover(db: Database, settings: Settings, row: Any, tail: list[Entry]) -> d
     (a resume then supersedes those past its checkpoint)."""
     limit = row.max_restarts if row.max_restarts is not None else settings.max_restarts
     lost = f"its worker stopped renewing the lease of attempt {row.attempt} for {settings.lease_ttl_s:g} s"
-    values: dict[str, Any]
+    values: dict[str, Any] = {}
     if row.restarts >= limit:
-        status = "failed"
-        reason = f"{lost}, and max_restarts ({limit}) is used up"
-        values = {"status": status, "reason": reason, "finished_at": time.time()}
+        status, reason = FAILED, f"{lost}, and max_restarts ({limit}) is used up"
     else:
-        status = "recovering"
+        status = RECOVERING
         reason = f"{lost}; queued to resume from its newest checkpoint (restart {row.restarts + 1} of {limit})"
-        values = {"status": status, "reason": reason, "restarts": row.restarts + 1}
+        values["restarts"] = row.restarts + 1
     with db.transaction() as s:
-        res = s.execute(
-            update(Run).where(R.id == row.id, R.status == "running", R.attempt == row.attempt).values(**values)
-        )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if not RUNS.move(s, row.id, status, frm=[RUNNING], where=[R.attempt == row.attempt], reason=reason, **values):
             return None
         saved = last_seq(s, row.id)
         unsaved = [json.loads(f[b"e"]) for _, f in reversed(tail) if int(f[b"s"]) > saved]
         insert_events(s, [event_row(ev, dumps(ev)) for ev in unsaved])
-        return append_status(s, row.id, row.attempt, tail_seq(tail), status, reason)
+        return status_event(s, row.id, row.attempt, status, reason, tail_seq(tail))
 
 
 class Reaper:
@@ -133,7 +116,7 @@ class Reaper:
                 continue
             log.warning("run %s: %s", row.id, ev["reason"])
             await publish(r, ev, settings.stream_ttl_s)
-            if ev["status"] == "recovering":
+            if ev["status"] == RECOVERING:
                 await self._send(row.id)  # if this fails, requeue_orphans sends it later
             out.append(ev)
         return out
@@ -161,7 +144,7 @@ class Reaper:
         """Run ids of the training messages in the queue or delivered but unacknowledged, in
         kombu's Redis layout: the list `train`, the hash `unacked` of [message, exchange, key]."""
         queued = await self.r.lrange(TRAIN_QUEUE, 0, -1)
-        unacked = await self.r.hvals("unacked")
+        unacked = await self.r.hvals(UNACKED)
         ids = set()
         for raw in [*queued, *unacked]:
             try:

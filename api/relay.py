@@ -32,7 +32,9 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.db import CURRENT, TERMINAL, Database, E, Entry, R, entries, is_final, stream_fields, stream_key
+from api.db import CURRENT, Database, E, Entry, R, dumps, entries
+from api.lifecycle import TERMINAL, is_final
+from api.redis_keys import stream_key
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +208,12 @@ async def publish(r: aioredis.Redis, ev: dict[str, Any], ttl_s: int) -> None:
     on the stream; a final one sets the stream's expiry, as a worker's does. Best effort:
     the event is in the database already, and followers find it there."""
     key = stream_key(ev["run_id"])
+    fields: dict[Any, Any] = {"s": ev["seq"], "e": dumps(ev)}
+    if is_final(ev):
+        fields["f"] = 1  # lets the reader spot the end without parsing JSON
     with contextlib.suppress(RedisError):
         pipe = r.pipeline(transaction=False)
-        pipe.xadd(key, stream_fields(ev))
+        pipe.xadd(key, fields)
         if is_final(ev):
             pipe.expire(key, ttl_s)
         await pipe.execute()

@@ -23,7 +23,7 @@ import time
 
 import redis
 
-from api.db import lease_key
+from api.redis_keys import lease_key
 
 log = logging.getLogger(__name__)
 

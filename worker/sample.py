@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from api.queue import SAMPLE_REPLY_TTL_S, SAMPLE_TASK, sample_reply_key, sample_stop_key
+from api.queue import SAMPLE_REPLY_TTL_S, SAMPLE_TASK
+from api.redis_keys import sample_reply_key, sample_stop_key
 from api.settings import get_settings
 from gpt import checkpoint as ckpt
 from worker.app import app

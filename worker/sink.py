@@ -1,6 +1,7 @@
 """Where a run's events go: the Redis stream (live) and the database (lasting).
 
-This class is the only place a seq is assigned. Order of writes, per event:
+This class assigns the seqs of a worker's events (after api.lifecycle.seq_floor, as the
+API's own status events do). Order of writes, per event:
 - iter events: XADD at once (live charts), database in batches (by count or age),
   because one transaction per iteration would make a long run crawl;
 - every other event: database first (with any pending iter events and, for a status,
@@ -24,24 +25,9 @@ from typing import Any
 import redis
 from sqlalchemy import func, select, update
 
-from api.db import (
-    CURRENT,
-    TERMINAL,
-    Database,
-    E,
-    Event,
-    R,
-    Run,
-    cancel_key,
-    dumps,
-    event_row,
-    insert_events,
-    is_final,
-    last_seq,
-    lease_key,
-    stream_key,
-    tail_seq,
-)
+from api.db import CURRENT, Database, E, Event, R, Run, dumps, event_row, insert_events, tail_seq
+from api.lifecycle import RUNNING, RUNS, is_final, seq_floor
+from api.redis_keys import cancel_key, lease_key, stream_key
 from api.settings import Settings
 from worker.lease import XADD_SCRIPT, Lease, LeaseLost
 
@@ -57,16 +43,13 @@ class EventSink:
         self.key = stream_key(run_id)
         self.xadd_script = r.register_script(XADD_SCRIPT)
         # Continue after whatever any earlier attempt left, in the DB, only on the stream, or
-        # handed out and lost with both (a worker killed while Redis lost its data): the
-        # reservation covers that, so that seq never repeats within a run.
-        with db.session() as s:
-            db_seq = last_seq(s, run_id)
-            reserved = s.execute(select(R.seq_reserved).where(R.id == run_id)).scalar() or 0
+        # handed out and lost with both (a worker killed while Redis lost its data).
         try:
             redis_seq = tail_seq(r.xrevrange(self.key, count=1))
         except redis.RedisError:
             redis_seq = 0
-        self.seq = self.reserved = max(db_seq, redis_seq, reserved)
+        with db.session() as s:
+            self.seq = self.reserved = seq_floor(s, run_id, redis_seq)
         self.pending: list[dict[str, Any]] = []
         self.pending_since = 0.0
         self.cancelled = False
@@ -106,16 +89,18 @@ class EventSink:
     def _write(self, status: dict[str, Any] | None) -> None:
         with self.db.transaction() as s:
             self._guard(s)
-            if status is not None and status["status"] == "running" and self.attempt > 1:
+            if status is not None and status["status"] == RUNNING and self.attempt > 1:
                 self._supersede(s, status.get("from_iter"))
             insert_events(s, self.pending)
-            if status is not None:
-                values: dict[str, Any] = {"status": status["status"], "reason": status.get("reason")}
-                if status["status"] in TERMINAL:
-                    values["finished_at"] = time.time()
-                if status["status"] != "running":  # this attempt ends: give back the unused seqs
-                    values["seq_reserved"] = self.seq
-                s.execute(update(Run).where(R.id == self.run_id).values(**values))
+            if status is not None and status["status"] == RUNNING:  # the claim moved it: say why
+                s.execute(update(Run).where(R.id == self.run_id).values(reason=status.get("reason")))
+            elif status is not None:
+                # The guard holds the row, so this attempt's own move cannot lose a race; it
+                # ends the attempt, and gives back the seqs reserved but not used.
+                moved = RUNS.move(
+                    s, self.run_id, status["status"], frm=[RUNNING], reason=status.get("reason"), seq_reserved=self.seq
+                )
+                assert moved, f"run {self.run_id}: the guarded move to {status['status']} did not happen"
 
     def _reserve(self) -> None:
         """Record, before handing them out, the next SEQ_BLOCK seqs (one transaction per
@@ -129,7 +114,7 @@ class EventSink:
         """Inside a write transaction (SQLite: BEGIN IMMEDIATE holds the write lock; elsewhere
         the row lock): is the run still ours? The reaper and a new claim change this row."""
         row = s.execute(select(R.status, R.attempt).where(R.id == self.run_id).with_for_update()).one_or_none()
-        if row is None or row.status != "running" or row.attempt != self.attempt:
+        if row is None or row.status != RUNNING or row.attempt != self.attempt:
             self.lease.lost = True
             now = "gone" if row is None else f"{row.status} at attempt {row.attempt}"
             raise LeaseLost(f"run {self.run_id} is {now}; attempt {self.attempt} stops")

@@ -10,9 +10,10 @@ from typing import Any
 
 import redis
 from celery import signals
-from sqlalchemy import update
 
-from api.db import Database, R, Run, is_final
+from api import lifecycle
+from api.db import Database, Run
+from api.lifecycle import CANCELLED, FAILED, QUEUED, is_final
 from api.queue import TRAIN_TASK
 from api.settings import get_settings, usable_cores
 from gpt.checkpoint import keep as keep_checkpoint
@@ -45,18 +46,10 @@ def _redis() -> redis.Redis:
 
 
 def claim(db: Database, run_id: str) -> Run | None:
-    """queued or recovering -> running with attempt+1, atomically; None when the run is gone,
-    ended or taken. This conditional UPDATE is what makes a second delivery of the same
-    message (a duplicate, or the broker's redelivery after visibility_timeout) a no-op."""
+    """The run, now running under this worker's attempt; None when it is gone, ended or
+    taken (a second delivery of its message is a no-op)."""
     with db.transaction() as s:
-        res = s.execute(
-            update(Run)
-            .where(R.id == run_id, R.status.in_(("queued", "recovering")))
-            .values(status="running", attempt=R.attempt + 1, started_at=time.time(), reason=None)
-        )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        return s.get(Run, run_id)
+        return s.get(Run, run_id) if lifecycle.claim(s, run_id) else None
 
 
 @app.task(name="worker.train")
@@ -91,10 +84,10 @@ def train(run_id: str) -> None:
             before_save=sink.fence,
         )
         for ev in events:
-            if is_final(ev) and ev["status"] == "cancelled" and not sink.cancelled:
+            if is_final(ev) and ev["status"] == CANCELLED and not sink.cancelled:
                 # Stopped by the shutdown, not by the user: back to the queue.
                 requeue = True
-                ev = {**ev, "status": "queued", "reason": _requeue_reason(ev)}
+                ev = {**ev, "status": QUEUED, "reason": _requeue_reason(ev)}
             if ev["type"] == "checkpoint":
                 # Named by its iter before anyone hears of it (the engine waits at this yield,
                 # so ckpt.pt is still this checkpoint): GET /runs/{id}/checkpoints/{iter}.
@@ -143,7 +136,7 @@ def _requeue_reason(ev: dict[str, Any]) -> str:
 
 
 def _fail(sink: EventSink, reason: str) -> None:
-    ev: dict[str, Any] = {"type": "status", "ts": time.time(), "status": "failed", "reason": reason}
+    ev: dict[str, Any] = {"type": "status", "ts": time.time(), "status": FAILED, "reason": reason}
     try:
         sink.emit(ev)
     except Exception:

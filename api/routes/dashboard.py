@@ -1,158 +1,23 @@
-"""The web dashboard: `/` and its static files (api/static/), and GET /config/defaults.
+"""The web dashboard: `/` and its static files (api/static/).
 
 The page is plain HTML, CSS and JavaScript modules with one vendored chart library
 (api/static/vendor/), served as they are: no build step. It reads the same API as any
-client (/runs..., the WebSocket), so `/` and the static files need no API key: only the
-data does, and the page asks for a key when the API answers 401.
-
-GET /config/defaults tells a form what a run can be configured with: every TrainConfig
-field with its type and nanoGPT's default, the built-in datasets' recipes (which replace
-some of those defaults), and this server's limits. Torch-free, and nothing in it is secret,
-so it needs no key either.
+client (/runs..., the WebSocket, /config), so `/` and the static files need no API key:
+only the data does, and the page asks for a key when the API answers 401.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import re
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, ValidationError
-
-from api.auth import open_mode
-from api.routes.runs import check_config
-from api.schemas import RunCreate
-from gpt import config as train_config
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_PATH = "/static"
 
 router = APIRouter()
-
-# Fields a new run cannot set, and why: the form leaves them out.
-SERVER_SET = {
-    "out_dir": "chosen by the server: runs/<id> under its data directory",
-}
-# Where the comment in gpt/config.py says something that is not so through the API.
-HELP = {
-    "dataset": "a built-in dataset; choosing one applies its recipe (a text file's path works on the command line only)",
-}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "device": train_config.DEVICES,  # or cuda:N
-    "dtype": train_config.DTYPES,
-    "init_from": train_config.INIT_FROM,
-    "tokenizer": train_config.TOKENIZERS,
-    "dataset": tuple(train_config.BUILTIN_DATASETS),
-}
-
-
-class ConfigField(BaseModel):
-    name: str
-    type: str = Field(description='"int", "float", "bool", "str" or "list[str]"; " | None" when null is allowed')
-    default: Any = Field(description="nanoGPT's train.py default (a dataset's recipe may replace it)")
-    group: str = Field(description="the section of nanoGPT's train.py the key is in")
-    help: str | None = None
-    choices: list[str] | None = Field(default=None, description="the values accepted, where there is a fixed set")
-    server_set: str | None = Field(default=None, description="set by the server, not by the request: why")
-
-
-class DatasetInfo(BaseModel):
-    tokenizer: str
-    recipe: dict[str, Any] = Field(description="defaults this dataset replaces (nanoGPT's config file for it)")
-
-
-class ServerLimits(BaseModel):
-    max_iters: int = Field(description="GPTJOBS_MAX_ITERS: the largest max_iters a run may have")
-    max_params: int | None = Field(description="GPTJOBS_MAX_PARAMS: the largest model, in parameters")
-
-
-class ConfigDefaults(BaseModel):
-    fields: list[ConfigField] = Field(description="every training key, in train.py's order")
-    datasets: dict[str, DatasetInfo]
-    limits: ServerLimits
-    auth_required: bool = Field(description="the data needs an API key (Authorization: Bearer)")
-
-
-class Validation(BaseModel):
-    ok: bool
-    errors: list[dict[str, Any]] = Field(description="as a 422 from POST /runs would list them: loc, msg")
-    config: dict[str, Any] | None = Field(description="the config filled in as the run would get it")
-
-
-@lru_cache
-def _comments() -> dict[str, tuple[str, str | None]]:
-    """Field -> (section, trailing comment), read from TrainConfig's source: the comments
-    are its documentation. Empty when the source is not available."""
-    try:
-        source = inspect.getsource(train_config.TrainConfig)
-    except (OSError, TypeError):
-        return {}
-    out: dict[str, tuple[str, str | None]] = {}
-    group = "other"
-    for line in source.splitlines()[1:]:
-        if section := re.fullmatch(r"\s+#\s*(?:---\s*)?(.+?)\s*(?:-+)?", line):
-            group = section.group(1)
-        elif field := re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", line):
-            out[field.group(1)] = (group, field.group(2) or None)
-    return out
-
-
-def _fields() -> list[ConfigField]:
-    defaults = dataclasses.asdict(train_config.TrainConfig())
-    notes = _comments()
-    out = []
-    for name, f in train_config.FIELDS.items():
-        group, help_ = notes.get(name, ("other", None))
-        choices = CHOICES.get(name)
-        out.append(
-            ConfigField(
-                name=name,
-                type=str(f.type),
-                default=defaults[name],
-                group=group,
-                help=HELP.get(name, help_),
-                choices=list(choices) if choices else None,
-                server_set=SERVER_SET.get(name),
-            )
-        )
-    return out
-
-
-@router.get("/config/defaults", response_model=ConfigDefaults, tags=["config"])
-def config_defaults(request: Request) -> ConfigDefaults:
-    """What a run's `config` may hold: each key's type and nanoGPT's default, the built-in
-    datasets' recipes (applied over those defaults when the dataset is chosen), and this
-    server's limits. Keys left out of POST /runs take the recipe's value, then the default."""
-    settings = request.app.state.settings
-    datasets = {
-        name: DatasetInfo(tokenizer=d["tokenizer"], recipe=d["recipe"])
-        for name, d in train_config.BUILTIN_DATASETS.items()
-    }
-    limits = ServerLimits(max_iters=settings.max_iters, max_params=settings.max_params)
-    auth_required = not open_mode(request.app.state.db)
-    return ConfigDefaults(fields=_fields(), datasets=datasets, limits=limits, auth_required=auth_required)
-
-
-@router.post("/config/validate", response_model=Validation, tags=["config"])
-def validate(body: dict[str, Any], request: Request) -> Validation:
-    """Check a POST /runs body without creating a run: always 200, with the errors by field
-    that POST /runs would answer with a 422, or the config the run would get. For forms
-    (the dashboard checks before it submits), and for scripts that want to know first."""
-    try:
-        run = RunCreate.model_validate(body)
-    except ValidationError as e:
-        errors = [{"type": err["type"], "loc": ["body", *err["loc"]], "msg": err["msg"]} for err in e.errors()]
-        return Validation(ok=False, errors=errors, config=None)
-    cfg, errors = check_config(run.config, request.app.state.settings)
-    if cfg is None:  # without the inputs: they may be what JSON cannot hold (inf)
-        return Validation(ok=False, errors=[{k: v for k, v in e.items() if k != "input"} for e in errors], config=None)
-    return Validation(ok=True, errors=[], config=cfg.to_dict())
 
 
 @router.get("/", include_in_schema=False)

@@ -1,4 +1,4 @@
-"""/runs/{id}/samples and /runs/{id}/checkpoints: read what a model writes, take its weights.
+"""/runs/{id}/samples: read what a model writes.
 
 Sampling runs on a worker on the `sample` queue; this module queues the request by name and
 relays the answer from the request's Redis list (the messages are listed in api/queue.py).
@@ -10,30 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, HTTPException, Path, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from redis.exceptions import RedisError
-from sqlalchemy import select
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import Owner
-from api.db import CURRENT, Database, E, Run
-from api.queue import SAMPLE_QUEUE, SAMPLE_REPLY_TTL_S, SAMPLE_TASK, sample_reply_key, sample_stop_key
-from api.routes.runs import NOT_FOUND, CeleryDep, DbDep, RedisDep, RunId, SettingsDep, _load, invalid
-from api.schemas import CheckpointInfo, CheckpointList, Problem, SampleRequest, SampleResult
+from api.db import Database, Run
+from api.deps import NOT_FOUND, CeleryDep, DbDep, Owner, RedisDep, RunId, SampleQuotaDep, SettingsDep, load_run
+from api.lifecycle import ACTIVE
+from api.limits import invalid
+from api.queue import SAMPLE_QUEUE, SAMPLE_REPLY_TTL_S, SAMPLE_TASK
+from api.redis_keys import sample_reply_key, sample_stop_key
+from api.schemas import Problem, SampleRequest, SampleResult
 from api.settings import Settings
 from gpt import checkpoint as ckpt  # its file naming; it imports torch only to read or write one
 
-router = APIRouter(prefix="/runs")
+router = APIRouter(prefix="/runs", tags=["samples"])
 
 
 class SampleError(Exception):
@@ -100,7 +99,7 @@ class Answer:
 
 
 def _no_checkpoint(run: Run) -> str:
-    if run.status in ("queued", "running", "recovering"):
+    if run.status in ACTIVE:
         cfg = run.config
         first = min(cfg.get("eval_interval", 0) or 0, cfg.get("max_iters", 0) or 0)
         return f"run {run.id} has no checkpoint yet: it is {run.status}, and writes its first at iter {first}"
@@ -110,7 +109,7 @@ def _no_checkpoint(run: Run) -> str:
 def _queue(db: Database, settings: Settings, celery: Any, run_id: str, owner: str | None, req: dict[str, Any]) -> str:
     """404 / 409 / 422 from what the database and the files say, then queue the request.
     One trip to the thread pool for all of it: this is on every request's path."""
-    run = _load(db, run_id, owner)
+    run = load_run(db, run_id, owner)
     out_dir = settings.runs_dir() / run_id
     if not (out_dir / ckpt.LATEST).exists():
         raise HTTPException(409, _no_checkpoint(run))
@@ -131,7 +130,6 @@ def _queue(db: Database, settings: Settings, celery: Any, run_id: str, owner: st
 
 @router.post(
     "/{run_id}/samples",
-    tags=["samples"],
     response_model=SampleResult,
     responses={
         **NOT_FOUND,
@@ -154,6 +152,7 @@ async def create_samples(
     settings: SettingsDep,
     r: RedisDep,
     celery: CeleryDep,
+    quota: SampleQuotaDep,
     owner: Owner,
 ) -> Any:
     """Sample a run's checkpoint (the newest by default, also while the run trains).
@@ -162,7 +161,7 @@ async def create_samples(
     text (the prompt, then sample 0 live, then the other samples), or, with
     `Accept: text/event-stream`, as server-sent events: `start`, a message per piece of
     new text (`{"samples": [{"text": ...}]}`), and `end` with the JSON answer."""
-    await _rate_limit(r, owner, settings.sample_requests_per_min)
+    await quota.check(r, owner, settings.sample_requests_per_min)
     for field, limit, env in (
         ("max_new_tokens", settings.sample_max_new_tokens, "SAMPLE_MAX_NEW_TOKENS"),
         ("num_samples", settings.sample_max_num_samples, "SAMPLE_MAX_NUM_SAMPLES"),
@@ -248,96 +247,6 @@ async def create_samples(
     )
 
 
-async def _rate_limit(r: aioredis.Redis, owner: str | None, per_min: int) -> None:
-    """A fixed one-minute window per owner, counted in Redis (shared by every API replica)."""
-    now = time.time()
-    key = f"quota:samples:{owner or ''}:{int(now // 60)}"
-    try:
-        pipe = r.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        n = (await pipe.execute())[0]
-    except RedisError:
-        return  # not counted: the request needs Redis anyway, and says so (503) if it gets that far
-    if n > per_min:
-        wait_s = 60 - int(now % 60)
-        raise HTTPException(
-            429,
-            f"limit reached: at most {per_min} sample requests a minute (GPTJOBS_SAMPLE_REQUESTS_PER_MIN); "
-            f"try again in {wait_s} s",
-            headers={"Retry-After": str(wait_s)},
-        )
-
-
 def _sse(data: dict[str, Any], event: str | None = None) -> str:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-# --- checkpoints ----------------------------------------------------------------------------
-
-
-def _ident(path: os.PathLike[str] | str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-@router.get("/{run_id}/checkpoints", tags=["checkpoints"], response_model=CheckpointList, responses=NOT_FOUND)
-def list_checkpoints(run_id: RunId, db: DbDep, settings: SettingsDep, owner: Owner) -> CheckpointList:
-    """The checkpoints kept on disk (the newest GPTJOBS_KEEP_CHECKPOINTS, and the best)."""
-    _load(db, run_id, owner)
-    out_dir = settings.runs_dir() / run_id
-    with db.session() as s:
-        rows = s.execute(
-            select(E.iter, E.body).where(E.run_id == run_id, E.type == "checkpoint", CURRENT).order_by(E.seq)
-        ).all()
-    events = {it: json.loads(body) for it, body in rows}  # a later event for the same iter wins
-    best, latest = _ident(out_dir / ckpt.BEST), _ident(out_dir / ckpt.LATEST)
-    out = []
-    for it, path in ckpt.kept(out_dir).items():
-        try:
-            st = path.stat()
-        except FileNotFoundError:  # pruned just now
-            continue
-        ev = events.get(it, {})
-        ident = (st.st_dev, st.st_ino)
-        out.append(
-            CheckpointInfo(
-                iter=it,
-                val_loss=ev.get("val_loss"),
-                best=ident == best,
-                latest=ident == latest,
-                bytes=st.st_size,
-                created_at=datetime.fromtimestamp(ev.get("ts", st.st_mtime), UTC),
-            )
-        )
-    return CheckpointList(checkpoints=out)
-
-
-@router.get(
-    "/{run_id}/checkpoints/{which}",
-    tags=["checkpoints"],
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the checkpoint, in nanoGPT's format"},
-        404: {"model": Problem, "description": "no such run, or no such checkpoint kept"},
-    },
-)
-def download_checkpoint(
-    run_id: RunId,
-    which: Annotated[str, Path(pattern=r"^(latest|best|\d{1,12})$", description='an iter, "latest" or "best"')],
-    db: DbDep,
-    settings: SettingsDep,
-    owner: Owner,
-) -> FileResponse:
-    """One checkpoint file, named ckpt.pt: put it in an out_dir and nanoGPT's sample.py loads it."""
-    _load(db, run_id, owner)
-    out_dir = settings.runs_dir() / run_id
-    path = ckpt.resolve(out_dir, int(which) if which.isdigit() else which)
-    if not path.exists():
-        kept = ", ".join(map(str, ckpt.kept(out_dir))) or "none"
-        raise HTTPException(404, f"run {run_id} has no checkpoint {which} (kept: {kept})")
-    return FileResponse(path, media_type="application/octet-stream", filename="ckpt.pt")

@@ -15,10 +15,12 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy import select
 
-from api.db import CURRENT, Database, E, Run, append_status, lease_key, stream_key
+from api.db import CURRENT, Database, E, Run
+from api.lifecycle import status_event
 from api.migrate import upgrade
 from api.queue import TRAIN_QUEUE, TRAIN_TASK, make_celery
 from api.reaper import Reaper
+from api.redis_keys import lease_key, stream_key
 from api.settings import Settings
 from tests.helpers import redis_server
 from worker.lease import Lease, LeaseLost
@@ -243,5 +245,5 @@ def test_a_seq_seen_live_is_never_given_out_again_even_if_redis_loses_it(
     r.flushall()  # Redis restarted without its data; the worker is lost with its unsaved batch
     with db.transaction() as s:
         s.get(Run, "r1").status = "recovering"  # type: ignore[union-attr]
-        ev = append_status(s, "r1", 1, 0, "recovering", "worker lost")
+        ev = status_event(s, "r1", 1, "recovering", "worker lost")
     assert ev["seq"] > 4

@@ -11,8 +11,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from api.db import Database, Run, stream_key
+from api.db import Database, Run
 from api.migrate import upgrade
+from api.redis_keys import stream_key
 from api.relay import Relay, follow
 from api.settings import Settings
 from tests.helpers import redis_server

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from api.db import TERMINAL
+from api.lifecycle import TERMINAL
 from gpt.config import FIELDS
 from tests.integration.conftest import Stack
 

@@ -1,0 +1,41 @@
+"""Every Redis key gptjobs reads or writes, by name. Redis holds only what is live (streams,
+leases, flags, sampling answers, rate-limit counters, Celery's queues); the database holds
+what lasts. Torch-free and FastAPI-free: the API, the workers and the tests share it.
+"""
+
+from __future__ import annotations
+
+
+def stream_key(run_id: str) -> str:
+    """The run's live events (XADD by its worker, capped; each entry `s` seq, `e` JSON, `f` if final)."""
+    return f"run:{run_id}:events"
+
+
+def lease_key(run_id: str) -> str:
+    """The attempt number of the worker training the run, with a TTL its heartbeat renews."""
+    return f"run:{run_id}:lease"
+
+
+def cancel_key(run_id: str) -> str:
+    """Set by the API to ask a running run to stop; the worker checks it every step."""
+    return f"run:{run_id}:cancel"
+
+
+def sample_reply_key(request_id: str) -> str:
+    """A sampling request's answer: a list the worker RPUSHes and the API BLPOPs."""
+    return f"sample:{request_id}"
+
+
+def sample_stop_key(request_id: str) -> str:
+    """Set when the API stops listening to a sampling request: the worker stops generating."""
+    return f"sample:{request_id}:stop"
+
+
+def sample_quota_key(owner: str | None, minute: int) -> str:
+    """One owner's sampling requests in one wall-clock minute (a fixed-window counter)."""
+    return f"quota:samples:{owner or ''}:{minute}"
+
+
+# Celery's Redis transport (kombu) keeps each queue as a list named after the queue, and the
+# messages delivered but not yet acknowledged in this hash of [message, exchange, routing key].
+UNACKED = "unacked"
