@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import JSON, Column, Index, Text, event, false, func, insert, select
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, event, false, func, insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -37,6 +37,9 @@ class Run(SQLModel, table=True):
     # use), even if they never reached the database: no later writer starts below it.
     seq_reserved: int = 0
     owner: str | None = Field(default=None, max_length=100, index=True)  # the API key's name; None: open mode
+    # What it trains on, when that is a user's dataset: its id and the sha256 of its bytes.
+    dataset_id: str | None = Field(default=None, max_length=32, index=True)
+    dataset_sha256: str | None = Field(default=None, max_length=64)
     idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
     request_hash: str | None = Field(default=None, max_length=64)  # same key, other body -> 409
     created_at: float  # epoch seconds, like the events' ts; floats sort and compare exactly
@@ -71,11 +74,76 @@ class ApiKey(SQLModel, table=True):
     revoked_at: float | None = None
 
 
+class Dataset(SQLModel, table=True):
+    """A corpus of its owner's, prepared into train/val token arrays (api/routes/datasets.py,
+    worker/prepare.py). Datasets with the same bytes and preparing options share one
+    prepared directory, `content_key`, whoever owns them."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_created_id", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    owner: str | None = Field(default=None, max_length=100, index=True)
+    name: str = Field(max_length=200)  # the owner's name for it: unique among the owner's datasets
+    status: str = Field(default="preparing", max_length=16, index=True)  # api/lifecycle.py DATASETS
+    reason: str | None = Field(default=None, sa_type=Text)
+    format: str | None = Field(default=None, max_length=16)  # text, jsonl, nanogpt; None: told by the worker
+    tokenizer: str | None = Field(default=None, max_length=16)  # char, gpt2; None: the archive's own
+    val_fraction: float
+    text_field: str = Field(default="text", max_length=200)
+    filename: str | None = Field(default=None, max_length=500)
+    bytes: int = Field(sa_type=BigInteger)  # of the upload, as sent (compressed or not)
+    sha256: str = Field(max_length=64)  # of the upload
+    content_key: str = Field(max_length=64, index=True)  # sha256 of (sha256, format, tokenizer, options)
+    upload_id: str | None = Field(default=None, max_length=32)  # the bytes, until prepared
+    progress: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    train_tokens: int | None = Field(default=None, sa_type=BigInteger)
+    val_tokens: int | None = Field(default=None, sa_type=BigInteger)
+    vocab_size: int | None = None
+    documents: int | None = None
+    preview: str | None = Field(default=None, sa_type=Text)
+    attempt: int = 0  # preparations started; the lease carries it, as a run's
+    restarts: int = 0
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Upload(SQLModel, table=True):
+    """A resumable upload: declared, then sent in parts (any order, resent parts replace),
+    then completed into a dataset. Parts are files under uploads/<id>/."""
+
+    __tablename__ = "uploads"
+
+    id: str = Field(primary_key=True, max_length=32)
+    owner: str | None = Field(default=None, max_length=100, index=True)
+    filename: str = Field(max_length=500)
+    bytes: int = Field(sa_type=BigInteger)  # declared total
+    sha256: str | None = Field(default=None, max_length=64)  # declared, checked at complete
+    part_bytes: int
+    status: str = Field(default="open", max_length=16)  # open, completed
+    dataset_id: str | None = Field(default=None, max_length=32)
+    created_at: float
+    touched_at: float = Field(index=True)  # the last part or call: abandoned uploads expire from it
+
+
+class UploadPart(SQLModel, table=True):
+    __tablename__ = "upload_parts"
+
+    upload_id: str = Field(foreign_key="uploads.id", primary_key=True, max_length=32, ondelete="CASCADE")
+    n: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    bytes: int
+    sha256: str = Field(max_length=64)
+
+
 # Typed column access for Core queries: SQLModel types `Run.status` as a str, which
 # type checkers reject inside select()/where().
 R = Run.__table__.c  # type: ignore[attr-defined]
 E = Event.__table__.c  # type: ignore[attr-defined]
 K = ApiKey.__table__.c  # type: ignore[attr-defined]
+D = Dataset.__table__.c  # type: ignore[attr-defined]
+U = Upload.__table__.c  # type: ignore[attr-defined]
+UP = UploadPart.__table__.c  # type: ignore[attr-defined]
 CURRENT = E.superseded == false()  # the run's one timeline: every history query filters on it
 
 

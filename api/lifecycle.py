@@ -1,4 +1,5 @@
-"""A run's lifecycle: its states, the moves allowed between them, and the one way to make a move.
+"""Lifecycles: the states of a run and of a dataset, the moves allowed between them, and the
+one way to make a move.
 
     queued ──▶ running ──▶ succeeded
       │   ▲      │ ├──────▶ failed      (an exception, a NaN loss, max_restarts used up...)
@@ -13,8 +14,11 @@ A move is a conditional UPDATE: it happens only while the row is in a state the 
 start from (and, where the mover says so, at the attempt it knows). When two writers race
 for a run (a claim and a cancel, two API replicas reaping it, a worker ending a run the
 reaper just took back), the database picks one and the other changes nothing; `move` says
-which one this caller was. Other resources with a status (datasets, sweeps) get a
-`Lifecycle` of their own, the same way.
+which one this caller was.
+
+A dataset is `preparing` from its upload until a prepare worker has made its token arrays
+(`ready`) or found why it cannot (`failed`); a preparation whose worker is lost is started
+again under attempt+1, as a run's is, without leaving `preparing`.
 
 Every move is in the run's history as a `status` event. A worker writes its own through its
 EventSink (worker/sink.py); a move the API makes (a cancel before any worker had the run,
@@ -35,10 +39,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlmodel import Session, SQLModel
 
-from api.db import R, Run, dumps, event_row, insert_events, last_seq
+from api.db import D, Dataset, R, Run, dumps, event_row, insert_events, last_seq
 
 QUEUED, RUNNING, RECOVERING = "queued", "running", "recovering"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+PREPARING, READY = "preparing", "ready"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,20 @@ RUN_STATES = RUNS.states
 TERMINAL = RUNS.terminal
 WAITING = frozenset({QUEUED, RECOVERING})  # for a worker to claim it
 ACTIVE = WAITING | {RUNNING}  # what counts against GPTJOBS_MAX_ACTIVE_RUNS
+
+
+DATASETS = Lifecycle(Dataset, {PREPARING: frozenset({READY, FAILED})}, ended_at="finished_at")
+
+
+def claim_preparation(s: Session, dataset_id: str, attempt: int) -> bool:
+    """Attempt `attempt + 1` of a dataset's preparation, for the worker whose message named
+    `attempt`: a second delivery of the same message finds the attempt moved on."""
+    q = (
+        update(Dataset)
+        .where(D.id == dataset_id, D.status == PREPARING, D.attempt == attempt)
+        .values(attempt=D.attempt + 1, started_at=time.time())
+    )
+    return s.execute(q).rowcount == 1  # type: ignore[attr-defined]
 
 
 def is_final(ev: Mapping[str, Any]) -> bool:

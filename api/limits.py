@@ -20,28 +20,35 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    """413 for a request body over `max_bytes()` bytes (GPTJOBS_MAX_BODY_BYTES).
+    """413 for a request body over `max_bytes(scope)` bytes (GPTJOBS_MAX_BODY_BYTES; more for
+    the routes that take files). Pure ASGI: streaming responses and the disconnect checks
+    after the body go straight through.
 
     A declared Content-Length over the limit is refused before a byte of the body is read.
-    A body without one (chunked) is read here, up to the limit, before the app runs, so no
-    endpoint ever sees part of an oversize body. Pure ASGI: streaming responses and the
-    disconnect checks after the body go straight through.
+    A body without one (chunked) under a small limit is read here, up to the limit, before
+    the app runs, so no endpoint ever sees part of an oversize body; under a file route's
+    limit it streams through, counted, and the request ends with the 413 once over it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]) -> None:
+    BUFFER_UP_TO = 8 << 20  # a chunked body under a limit this small is read whole before the app runs
+
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[Scope], tuple[int, str]]) -> None:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes()
+        limit, setting = self.max_bytes(scope)
         declared = _content_length(scope)
         if declared is not None:
             if declared > limit:
-                await _too_large(send, limit)
+                await _too_large(send, limit, setting)
             else:
                 await self.app(scope, receive, send)  # the server stops the body at Content-Length
+            return
+        if limit > self.BUFFER_UP_TO:
+            await self._counted(scope, receive, send, limit, setting)
             return
         chunks: list[bytes] = []
         size = 0
@@ -51,7 +58,7 @@ class BodyLimit:
                 break
             size += len(first.get("body", b""))
             if size > limit:
-                await _too_large(send, limit)
+                await _too_large(send, limit, setting)
                 return
             chunks.append(first.get("body", b""))
             if not first.get("more_body", False):
@@ -68,6 +75,30 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int, setting: str) -> None:
+        size, refused, started = 0, False, False
+
+        async def counting() -> Message:
+            nonlocal size, refused
+            msg = await receive()
+            if msg["type"] == "http.request" and not refused:
+                size += len(msg.get("body", b""))
+                if size > limit:
+                    refused = True
+                    if not started:
+                        await _too_large(send, limit, setting)
+                    return {"type": "http.disconnect"}  # the app stops reading; what it says is dropped
+            return msg
+
+        async def sending(msg: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = True
+            await send(msg)
+
+        await self.app(scope, counting, sending)
+
 
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope["headers"]:
@@ -79,8 +110,8 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body over {limit} bytes (GPTJOBS_MAX_BODY_BYTES)"}).encode()
+async def _too_large(send: Send, limit: int, setting: str) -> None:
+    body = json.dumps({"detail": f"request body over {limit} bytes ({setting})"}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.types import Scope
 
 from api.auth import redact_server_logs
 from api.db import Database
@@ -25,7 +27,7 @@ from api.queue import make_celery
 from api.reaper import Reaper
 from api.redis_keys import sample_quota_key
 from api.relay import Relay
-from api.routes import checkpoints, config, dashboard, events, health, metrics, runs, samples
+from api.routes import checkpoints, config, dashboard, datasets, events, health, metrics, runs, samples, uploads
 from api.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,29 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         version="0.1.0",
         lifespan=lifespan,
     )
-    for module in (runs, events, samples, checkpoints, config, health, metrics, dashboard):
+    for module in (runs, events, samples, checkpoints, datasets, uploads, config, health, metrics, dashboard):
         app.include_router(module.router)
     app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="static")
     # Bad input is a 4xx naming the field: bodies over GPTJOBS_MAX_BODY_BYTES, and inputs like 1e400.
-    app.add_middleware(BodyLimit, max_bytes=lambda: app.state.settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=lambda scope: body_limit(app.state.settings, scope))
     app.add_exception_handler(RequestValidationError, validation_error)
     install_metrics(app)  # last, so that its middleware also times BodyLimit's answers
     return app
+
+
+def body_limit(s: Settings, scope: Scope) -> tuple[int, str]:
+    """The largest body a request may send, and the setting that says so: files go to the
+    dataset routes (streamed to disk there), everything else is small JSON."""
+    method, path = scope.get("method"), scope.get("path", "")
+    if method == "PUT" and PART_PATH.fullmatch(path):
+        return s.upload_part_bytes, "GPTJOBS_UPLOAD_PART_BYTES"
+    if method == "POST" and path == "/datasets":
+        return s.max_upload_bytes + MULTIPART_OVERHEAD, "GPTJOBS_MAX_UPLOAD_BYTES"
+    return s.max_body_bytes, "GPTJOBS_MAX_BODY_BYTES"
+
+
+PART_PATH = re.compile(r"/uploads/[^/]+/parts/[^/]+")
+MULTIPART_OVERHEAD = 64 << 10  # a form's other fields and boundaries, beside the file
 
 
 app = create_app()

@@ -11,8 +11,10 @@ from api.settings import Settings
 
 TRAIN_QUEUE = "train"
 SAMPLE_QUEUE = "sample"
+PREPARE_QUEUE = "prepare"
 TRAIN_TASK = "worker.train"
 SAMPLE_TASK = "worker.sample.generate"
+PREPARE_TASK = "worker.prepare"  # args: dataset id, the attempt it was sent for
 
 # A sampling request's answer travels back on its own Redis list (redis_keys.sample_reply_key): the worker
 # RPUSHes, the API BLPOPs (well below redis-py's 5 s socket timeout). Each element is a JSON
@@ -30,7 +32,11 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("gptjobs", broker=settings.redis_url)
     app.conf.update(
         task_default_queue=TRAIN_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, "worker.sample.*": {"queue": SAMPLE_QUEUE}},
+        task_routes={
+            TRAIN_TASK: {"queue": TRAIN_QUEUE},
+            "worker.sample.*": {"queue": SAMPLE_QUEUE},
+            PREPARE_TASK: {"queue": PREPARE_QUEUE},
+        },
         task_ignore_result=True,  # results live in the database; there is no result backend
         broker_connection_retry_on_startup=True,
         # A message unacked this long is handed to another worker, even while its first

@@ -29,13 +29,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
-from api.db import Database, Entry, R, dumps, entries, event_row, insert_events, last_seq, tail_seq
-from api.lifecycle import FAILED, RECOVERING, RUNNING, RUNS, WAITING, status_event
-from api.queue import TRAIN_QUEUE, TRAIN_TASK
-from api.redis_keys import UNACKED, lease_key, stream_key
+from api import datasets
+from api.db import D, Database, Dataset, Entry, R, dumps, entries, event_row, insert_events, last_seq, tail_seq
+from api.lifecycle import DATASETS, FAILED, PREPARING, RECOVERING, RUNNING, RUNS, WAITING, status_event
+from api.queue import PREPARE_QUEUE, PREPARE_TASK, TRAIN_QUEUE, TRAIN_TASK
+from api.redis_keys import UNACKED, dataset_lease_key, lease_key, stream_key
 from api.relay import publish
 from api.settings import Settings
 
@@ -52,9 +53,31 @@ def _running(db: Database, started_before: float) -> list[Any]:
         return list(s.execute(q).all())
 
 
-def _waiting(db: Database) -> list[str]:
+def _waiting(db: Database) -> dict[tuple[str, str], list[Any]]:
+    """What waits for a worker: {(task, id): the task's other arguments}."""
     with db.session() as s:
-        return list(s.execute(select(R.id).where(R.status.in_(WAITING))).scalars())
+        runs = s.execute(select(R.id).where(R.status.in_(WAITING))).scalars()
+        preps = s.execute(select(D.id, D.attempt).where(D.status == PREPARING, D.started_at.is_(None))).all()
+    return {(TRAIN_TASK, run_id): [] for run_id in runs} | {(PREPARE_TASK, i): [a] for i, a in preps}
+
+
+def _preparing(db: Database, started_before: float) -> list[Any]:
+    with db.session() as s:
+        q = select(D.id, D.attempt, D.restarts).where(D.status == PREPARING, D.started_at < started_before)
+        return list(s.execute(q).all())
+
+
+def _requeue_preparation(db: Database, settings: Settings, row: Any) -> bool:
+    """Back to waiting for a worker (restarts+1), or failed; False if another replica, or the
+    worker's own end, got there first."""
+    mine = [D.id == row.id, D.status == PREPARING, D.attempt == row.attempt, D.started_at.is_not(None)]
+    with db.transaction() as s:
+        if row.restarts >= settings.max_prepare_restarts:
+            reason = f"its prepare worker was lost {row.restarts + 1} times (GPTJOBS_MAX_PREPARE_RESTARTS)"
+            DATASETS.move(s, row.id, FAILED, where=[D.attempt == row.attempt, D.started_at.is_not(None)], reason=reason)
+            return False
+        res = s.execute(update(Dataset).where(*mine).values(started_at=None, restarts=row.restarts + 1))
+        return res.rowcount == 1  # type: ignore[attr-defined]
 
 
 def _recover(db: Database, settings: Settings, row: Any, tail: list[Entry]) -> dict[str, Any] | None:
@@ -84,8 +107,8 @@ def _recover(db: Database, settings: Settings, row: Any, tail: list[Entry]) -> d
 class Reaper:
     def __init__(self, db: Database, r: aioredis.Redis, celery: Celery, settings: Settings):
         self.db, self.r, self.celery, self.settings = db, r, celery, settings
-        self.suspects: set[str] = set()  # waiting runs whose message was missing at the last scan
-        self.next_scan = 0.0
+        self.suspects: set[tuple[str, str]] = set()  # waiting work whose message was missing at the last scan
+        self.next_scan = self.next_expiry = 0.0
 
     async def forever(self) -> None:
         while True:
@@ -100,6 +123,8 @@ class Reaper:
     async def once(self) -> list[dict[str, Any]]:
         """One pass; returns the status events it wrote."""
         await self.requeue_orphans()
+        await self.recover_preparations()
+        await self.expire_uploads()
         db, r, settings = self.db, self.r, self.settings
         rows = await run_in_threadpool(_running, db, time.time() - settings.lease_ttl_s)
         if not rows:
@@ -117,50 +142,84 @@ class Reaper:
             log.warning("run %s: %s", row.id, ev["reason"])
             await publish(r, ev, settings.stream_ttl_s)
             if ev["status"] == RECOVERING:
-                await self._send(row.id)  # if this fails, requeue_orphans sends it later
+                await self._send(TRAIN_TASK, [row.id])  # if this fails, requeue_orphans sends it later
             out.append(ev)
         return out
 
+    async def recover_preparations(self) -> list[str]:
+        """Datasets whose prepare worker is gone (its lease lapsed): prepared again from the
+        start by the next attempt, or failed once max_prepare_restarts is used up."""
+        db, settings = self.db, self.settings
+        rows = await run_in_threadpool(_preparing, db, time.time() - settings.lease_ttl_s)
+        if not rows:
+            return []
+        held = await self.r.mget([dataset_lease_key(row.id) for row in rows])
+        sent = []
+        for row, value in zip(rows, held, strict=True):
+            if value == str(row.attempt).encode():
+                continue
+            again = await run_in_threadpool(_requeue_preparation, db, settings, row)
+            if again:
+                log.warning(
+                    "dataset %s: its prepare worker was lost (attempt %d); preparing it again", row.id, row.attempt
+                )
+                await self._send(PREPARE_TASK, [row.id, row.attempt])
+                sent.append(row.id)
+        return sent
+
     async def requeue_orphans(self) -> list[str]:
-        """Runs waiting for a worker (queued or recovering) whose message is neither in the
-        queue nor in a worker's hands: a send that failed (Redis down just then), or a queue
-        lost with a Redis that kept no append-only file. Sent again once missing in two scans
-        lease_ttl_s apart, so that a send in flight is not doubled (a double would only be a
-        no-op at the claim). Returns the run ids sent."""
+        """Runs waiting for a worker (queued or recovering), and datasets waiting for a
+        prepare worker, whose message is neither in the queue nor in a worker's hands: a
+        send that failed (Redis down just then), or a queue lost with a Redis that kept no
+        append-only file. Sent again once missing in two scans lease_ttl_s apart, so that a
+        send in flight is not doubled (a double would only be a no-op at the claim). Returns
+        the ids sent."""
         now = time.monotonic()
         if now < self.next_scan:
             return []
         self.next_scan = now + self.settings.lease_ttl_s
-        waiting = set(await run_in_threadpool(_waiting, self.db))
-        missing = waiting - await self._in_broker() if waiting else set()
+        waiting = await run_in_threadpool(_waiting, self.db)
+        missing = set(waiting) - await self._in_broker() if waiting else set()
         resend = sorted(missing & self.suspects)
         self.suspects = missing - self.suspects
-        for run_id in resend:
-            log.warning("run %s: waiting for a worker but not in the queue; queuing it again", run_id)
-            await self._send(run_id)
-        return resend
+        for task, ident in resend:
+            log.warning("%s %s: waiting for a worker but not in the queue; queuing it again", task, ident)
+            await self._send(task, [ident, *waiting[task, ident]])
+        return [ident for _, ident in resend]
 
-    async def _in_broker(self) -> set[str]:
-        """Run ids of the training messages in the queue or delivered but unacknowledged, in
-        kombu's Redis layout: the list `train`, the hash `unacked` of [message, exchange, key]."""
-        queued = await self.r.lrange(TRAIN_QUEUE, 0, -1)
-        unacked = await self.r.hvals(UNACKED)
-        ids = set()
-        for raw in [*queued, *unacked]:
+    async def _in_broker(self) -> set[tuple[str, str]]:
+        """(task, first argument) of our messages in the queues or delivered but not yet
+        acknowledged, in kombu's Redis layout: a list per queue, the hash `unacked` of
+        [message, exchange, routing key]."""
+        raws = [*await self.r.lrange(TRAIN_QUEUE, 0, -1), *await self.r.lrange(PREPARE_QUEUE, 0, -1)]
+        raws += await self.r.hvals(UNACKED)
+        found = set()
+        for raw in raws:
             try:
                 msg = json.loads(raw)
                 msg = msg[0] if isinstance(msg, list) else msg
-                if msg["headers"]["task"] == TRAIN_TASK:
+                task = msg["headers"]["task"]
+                if task in (TRAIN_TASK, PREPARE_TASK):
                     body = msg["body"]
                     if msg.get("properties", {}).get("body_encoding") == "base64":
                         body = base64.b64decode(body)
-                    ids.add(json.loads(body)[0][0])
+                    found.add((task, json.loads(body)[0][0]))
             except (ValueError, KeyError, IndexError, TypeError):
                 continue  # not a message of ours
-        return ids
+        return found
 
-    async def _send(self, run_id: str) -> None:
+    async def _send(self, task: str, args: list[Any]) -> None:
+        queue = TRAIN_QUEUE if task == TRAIN_TASK else PREPARE_QUEUE
         try:
-            await run_in_threadpool(self.celery.send_task, TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
+            await run_in_threadpool(self.celery.send_task, task, args=args, queue=queue)
         except Exception as e:
-            log.warning("reaper: could not queue run %s again: %s", run_id, e)
+            log.warning("reaper: could not send %s%s again: %s", task, args, e)
+
+    async def expire_uploads(self) -> None:
+        """Abandoned uploads (untouched for upload_ttl_s) go, at most once a minute."""
+        now = time.monotonic()
+        if now >= self.next_expiry:
+            self.next_expiry = now + 60
+            gone = await run_in_threadpool(datasets.expire_uploads, self.db, self.settings)
+            if gone:
+                log.info("reaper: removed %d abandoned uploads", len(gone))

@@ -16,6 +16,11 @@ def lease_key(run_id: str) -> str:
     return f"run:{run_id}:lease"
 
 
+def dataset_lease_key(dataset_id: str) -> str:
+    """The attempt number of the worker preparing the dataset, renewed like a run's lease."""
+    return f"dataset:{dataset_id}:lease"
+
+
 def cancel_key(run_id: str) -> str:
     """Set by the API to ask a running run to stop; the worker checks it every step."""
     return f"run:{run_id}:cancel"

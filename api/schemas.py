@@ -40,7 +40,7 @@ class RunCreate(BaseModel):
         return name
 
 
-def _iso(t: float | None) -> datetime | None:
+def iso(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, UTC)
 
 
@@ -68,9 +68,9 @@ class RunPublic(BaseModel):
             attempt=run.attempt,
             restarts=run.restarts,
             max_restarts=run.max_restarts,
-            created_at=_iso(run.created_at),  # type: ignore[arg-type]
-            started_at=_iso(run.started_at),
-            finished_at=_iso(run.finished_at),
+            created_at=iso(run.created_at),  # type: ignore[arg-type]
+            started_at=iso(run.started_at),
+            finished_at=iso(run.finished_at),
         )
 
 
@@ -166,3 +166,110 @@ class CheckpointInfo(BaseModel):
 
 class CheckpointList(BaseModel):
     checkpoints: list[CheckpointInfo] = Field(description="the kept checkpoints, oldest first")
+
+
+# --- datasets and uploads ---------------------------------------------------------------------
+
+
+class DatasetProgress(BaseModel):
+    phase: str | None = Field(default=None, description="vocabulary (a char vocabulary's pass), tokenizing, splitting")
+    bytes_done: int = Field(default=0, description="of the upload as stored (compressed or not)")
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+    eta_s: float | None = None
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    status: str = Field(description="preparing, ready or failed")
+    reason: str | None = Field(description="why it failed")
+    format: str | None = Field(description="text, jsonl or nanogpt; null until the worker has looked, if not given")
+    tokenizer: str | None = Field(description="char or gpt2; null until read from a nanoGPT archive")
+    val_fraction: float
+    text_field: str
+    filename: str | None
+    bytes: int = Field(description="the upload's size, as sent")
+    sha256: str = Field(description="of the upload")
+    progress: DatasetProgress
+    train_tokens: int | None
+    val_tokens: int | None
+    vocab_size: int | None
+    documents: int | None = Field(description="JSON Lines documents (0 for a nanoGPT archive, 1 for a text)")
+    preview: str | None = Field(description="the first few hundred characters, decoded from the prepared tokens")
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, ds: Any) -> DatasetPublic:
+        return cls(
+            id=ds.id,
+            name=ds.name,
+            status=ds.status,
+            reason=ds.reason,
+            format=ds.format,
+            tokenizer=ds.tokenizer,
+            val_fraction=ds.val_fraction,
+            text_field=ds.text_field,
+            filename=ds.filename,
+            bytes=ds.bytes,
+            sha256=ds.sha256,
+            progress=DatasetProgress(**(ds.progress or {})),
+            train_tokens=ds.train_tokens,
+            val_tokens=ds.val_tokens,
+            vocab_size=ds.vocab_size,
+            documents=ds.documents,
+            preview=ds.preview,
+            created_at=iso(ds.created_at),  # type: ignore[arg-type]
+            finished_at=iso(ds.finished_at),
+        )
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetPublic] = Field(description="newest first")
+
+
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="hex digest, lower case")]
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(
+        min_length=1, max_length=500, description="the file's name (a label; .jsonl means JSON Lines)"
+    )
+    bytes: int = Field(ge=1, lt=2**62, description="the whole file's size: parts must add up to it")
+    sha256: SHA256 | None = Field(default=None, description="the whole file's, checked at complete")
+
+
+class UploadPart(BaseModel):
+    n: int
+    bytes: int
+    sha256: str
+
+
+class UploadPublic(BaseModel):
+    id: str
+    filename: str
+    bytes: int
+    sha256: str | None
+    part_bytes: int = Field(
+        description="the most bytes one part may hold; every part but the last should hold this many"
+    )
+    parts_expected: int = Field(description="bytes / part_bytes, rounded up: the parts to send, numbered from 1")
+    parts: list[UploadPart] = Field(description="the parts that arrived, by number")
+    received_bytes: int
+    status: str = Field(description="open, or completed (then dataset_id names the dataset)")
+    dataset_id: str | None
+    expires_at: datetime | None = Field(description="an open upload untouched until then is removed")
+
+
+class UploadComplete(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="your name for the dataset (config.dataset may use it)")
+    tokenizer: Literal["char", "gpt2"] | None = Field(default=None, description="default gpt2; a nanoGPT archive's own")
+    format: Literal["text", "jsonl", "nanogpt"] | None = Field(default=None, description="default: told from the file")
+    val_fraction: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False, description="default 0.1")
+    text_field: str | None = Field(default=None, min_length=1, max_length=200, description="JSON Lines: default text")
+    sha256: SHA256 | None = Field(default=None, description="the whole file's, if not declared at POST /uploads")

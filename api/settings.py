@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     max_iters: int = Field(default=10_000_000, ge=1)  # a run's max_iters; over: 422
     sample_requests_per_min: int = Field(default=120, ge=1)  # POST /runs/{id}/samples; over: 429
 
+    # Datasets (api/routes/datasets.py, uploads.py; worker/prepare.py). Limits per owner.
+    max_upload_bytes: int = Field(default=20 * 2**30, ge=1)  # one upload, and what it may decompress to
+    max_stored_bytes: int = Field(default=100 * 2**30, ge=1)  # an owner's datasets and open uploads
+    max_datasets: int = Field(default=100, ge=1)
+    upload_part_bytes: int = Field(default=64 * 2**20, ge=1024)  # the most one PUT of a part may carry
+    upload_ttl_s: float = Field(default=86400.0, gt=0)  # an upload untouched this long is removed
+    prepare_threads: int | None = Field(default=None, ge=1)  # tokenizer threads; None: the cores it may use
+    max_prepare_restarts: int = Field(default=3, ge=0)  # lost prepare workers before a dataset fails
+
     # Worker
     iter_flush_count: int = Field(default=200, ge=1)  # iter events per DB transaction...
     iter_flush_s: float = Field(default=1.0, gt=0)  # ...or this old, whichever comes first
@@ -70,6 +79,9 @@ class Settings(BaseSettings):
 
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
 
 @lru_cache

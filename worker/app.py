@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 app = make_celery(get_settings())
 app.conf.update(
-    include=["worker.tasks", "worker.sample"],
+    include=["worker.tasks", "worker.sample", "worker.prepare"],
     worker_prefetch_multiplier=1,  # never reserve a second run while training one
     # Acks are late: a message leaves the queue only when its task returns, so one lost
     # between delivery and the claim (worker killed in that moment) is delivered again
@@ -36,10 +36,14 @@ app.conf.update(
 @signals.celeryd_init.connect
 def _warm_up(options: dict[str, Any] | None = None, **_: Any) -> None:
     """Pay torch's import (~2 s) and first optimizer step (~1.5 s) or forward pass once per
-    worker, not in the first run or sampling request."""
+    worker, not in the first run or sampling request; then say it is ready."""
     queues = (options or {}).get("queues") or [TRAIN_QUEUE]
     if isinstance(queues, str):
         queues = queues.split(",")
+    if not {TRAIN_QUEUE, SAMPLE_QUEUE} & set(queues):  # preparing datasets needs no torch
+        cores = get_settings().prepare_threads or usable_cores()
+        log.info("%s worker ready: %d tokenizer threads", "+".join(queues), cores)
+        return
     import torch
 
     threads = get_settings().torch_threads or usable_cores()

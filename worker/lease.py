@@ -23,7 +23,7 @@ import time
 
 import redis
 
-from api.redis_keys import lease_key
+from api.redis_keys import dataset_lease_key, lease_key
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,11 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
 
 
 class Lease:
-    def __init__(self, r: redis.Redis, run_id: str, attempt: int, ttl_s: float):
-        self.r, self.run_id, self.attempt, self.ttl_s = r, run_id, attempt, ttl_s
-        self.key, self.value = lease_key(run_id), str(attempt)
+    """One attempt's hold on a run (or on a dataset's preparation: the same rules)."""
+
+    def __init__(self, r: redis.Redis, key: str, attempt: int, ttl_s: float, what: str):
+        self.r, self.what, self.attempt, self.ttl_s = r, what, attempt, ttl_s
+        self.key, self.value = key, str(attempt)
         self.lost = False
         self.confirmed = time.monotonic()  # when Redis last said the lease is ours
         self.next_try = 0.0
@@ -69,14 +71,22 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @classmethod
+    def for_run(cls, r: redis.Redis, run_id: str, attempt: int, ttl_s: float) -> Lease:
+        return cls(r, lease_key(run_id), attempt, ttl_s, f"run {run_id}")
+
+    @classmethod
+    def for_dataset(cls, r: redis.Redis, dataset_id: str, attempt: int, ttl_s: float) -> Lease:
+        return cls(r, dataset_lease_key(dataset_id), attempt, ttl_s, f"dataset {dataset_id}")
+
     def acquire(self) -> None:
         """Take the lease after winning the claim in the database (which decided who gets
         it), replacing what an earlier attempt left, and start renewing. If Redis does not
         answer now, the heartbeat keeps trying to take it; the reaper decides if it stays away."""
         self.renew()
         if not self.acquired and not self.lost:
-            log.warning("run %s: could not take the lease yet (Redis unavailable); retrying", self.run_id)
-        self._thread = threading.Thread(target=self._beat, name=f"lease:{self.run_id}", daemon=True)
+            log.warning("%s: could not take the lease yet (Redis unavailable); retrying", self.what)
+        self._thread = threading.Thread(target=self._beat, name=f"lease:{self.what}", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
@@ -105,7 +115,7 @@ class Lease:
             self.next_try = now + self.ttl_s / 10
             self.renew()
         if self.lost:
-            raise LeaseLost(f"attempt {self.attempt} of run {self.run_id} lost its lease")
+            raise LeaseLost(f"attempt {self.attempt} of {self.what} lost its lease")
 
     def close(self, *, release: bool) -> None:
         """Stop renewing; with release, give the lease up (the run ended or went back to the

@@ -60,7 +60,7 @@ def train(run_id: str) -> None:
         log.info("run %s: not queued any more, skipping this delivery", run_id)
         return
     log.info("run %s: attempt %d starting", run_id, run.attempt)
-    lease = Lease(_redis(), run_id, run.attempt, settings.lease_ttl_s)
+    lease = Lease.for_run(_redis(), run_id, run.attempt, settings.lease_ttl_s)
     lease.acquire()
     ended = requeue = False
     try:

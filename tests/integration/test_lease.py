@@ -48,7 +48,7 @@ def _new_run(db: Database, run_id: str = "r1", **fields: Any) -> None:
 def _lease(settings: Settings, db: Database, r: redis.Redis, run_id: str = "r1") -> Lease:
     run = claim(db, run_id)
     assert run is not None
-    lease = Lease(r, run_id, run.attempt, settings.lease_ttl_s)
+    lease = Lease.for_run(r, run_id, run.attempt, settings.lease_ttl_s)
     lease.acquire()
     return lease
 
@@ -204,9 +204,9 @@ def test_a_waiting_run_whose_message_was_lost_is_queued_again(env: tuple[Setting
 
 def test_a_late_acquire_does_not_evict_a_newer_attempt(env: tuple[Settings, Database, redis.Redis]) -> None:
     settings, _, r = env
-    newer = Lease(r, "r1", 2, settings.lease_ttl_s)
+    newer = Lease.for_run(r, "r1", 2, settings.lease_ttl_s)
     newer.acquire()
-    stale = Lease(r, "r1", 1, settings.lease_ttl_s)  # frozen between its claim and this
+    stale = Lease.for_run(r, "r1", 1, settings.lease_ttl_s)  # frozen between its claim and this
     stale.acquire()
     assert stale.lost and not newer.lost and r.get(lease_key("r1")) == b"2"
     newer.close(release=True)

@@ -34,7 +34,7 @@ def _setup(tmp_path: Path, redis_url: str, run_id: str, **overrides: object) -> 
     with db.transaction() as s:
         s.add(Run(id=run_id, status="running", config={}, attempt=1, created_at=time.time()))
     r = redis.Redis.from_url(redis_url)
-    lease = Lease(r, run_id, 1, settings.lease_ttl_s)
+    lease = Lease.for_run(r, run_id, 1, settings.lease_ttl_s)
     lease.acquire()
     return settings, db, EventSink(db, r, settings, run_id, lease)
 

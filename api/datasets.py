@@ -1,0 +1,307 @@
+"""Datasets as the API keeps them: made from an upload's bytes, shared when they are the same,
+counted against their owner's limits, looked up by a run's `config.dataset`, deleted.
+
+Blocking (database and disk): the routes call these in a thread. Preparing itself is the
+prepare worker's (worker/prepare.py); this module only queues it.
+
+Files, under the data directory:
+    uploads/<upload id>/part-<n>   the parts of a resumable upload, as they arrive
+    uploads/<upload id>/data       the whole upload, until its dataset is prepared
+    datasets/<content key>/        a prepared dataset: train.bin, val.bin, meta.json
+The content key is a hash of the bytes' sha256 and the options that change the tokens, so
+the same bytes prepared the same way are prepared once, and shared by every dataset (of
+any owner) made from them; a prepared directory is removed with the last of those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import time
+import unicodedata
+from pathlib import Path
+from typing import IO, Any
+
+from celery import Celery
+from fastapi import HTTPException
+from sqlalchemy import delete, func, select, update
+from sqlmodel import Session
+
+from api.db import D, Database, Dataset, R, U, Upload
+from api.lifecycle import ACTIVE, FAILED, PREPARING, READY
+from api.limits import invalid
+from api.queue import PREPARE_QUEUE, PREPARE_TASK
+from api.settings import Settings
+from gpt.config import BUILTIN_DATASETS
+
+COPY_BYTES = 4 << 20
+TOKENIZERS = ("char", "gpt2")
+FORMATS = ("text", "jsonl", "nanogpt")
+ID = re.compile(r"[0-9a-f]{16}")
+
+
+class Options:
+    """How to prepare an upload: what the request said, checked; a bad value is a 422 naming it."""
+
+    def __init__(
+        self,
+        name: str,
+        tokenizer: str | None,
+        fmt: str | None,
+        val_fraction: float | None,
+        text_field: str | None,
+        loc: str = "body",
+    ):
+        self.name = check_name(name, loc)
+        if tokenizer is not None and tokenizer not in TOKENIZERS:
+            raise _invalid(loc, "tokenizer", f"must be one of {', '.join(TOKENIZERS)}", tokenizer)
+        if fmt is not None and fmt not in FORMATS:
+            raise _invalid(loc, "format", f"must be one of {', '.join(FORMATS)} (or left out: told from the file)", fmt)
+        if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+            raise _invalid(loc, "val_fraction", "must be between 0 and 1, both excluded", val_fraction)
+        if text_field is not None and not 0 < len(text_field) <= 200:
+            raise _invalid(loc, "text_field", "must be 1 to 200 characters", text_field)
+        if fmt == "nanogpt" and tokenizer is None:
+            tokenizer = None  # the archive says: meta.pkl means characters, none means GPT-2
+        elif tokenizer is None:
+            tokenizer = "gpt2"
+        self.tokenizer, self.format = tokenizer, fmt
+        self.val_fraction = 0.1 if val_fraction is None else val_fraction
+        self.text_field = text_field or "text"
+
+    def content_key(self, sha256: str) -> str:
+        parts = [sha256, self.format or "", self.tokenizer or "", repr(self.val_fraction), self.text_field]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _invalid(loc: str, field: str, msg: str, value: Any) -> Exception:
+    return invalid((loc, field), msg, value)
+
+
+def check_name(name: str, loc: str = "body") -> str:
+    name = name.strip()
+    if not 0 < len(name) <= 200:
+        raise _invalid(loc, "name", "must be 1 to 200 characters", name)
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise _invalid(loc, "name", "must not contain control characters", name)
+    if name in BUILTIN_DATASETS:
+        raise _invalid(loc, "name", f"{name!r} is a built-in dataset's name; choose another", name)
+    if ID.fullmatch(name):
+        raise _invalid(loc, "name", "must not look like a dataset id (16 hex digits)", name)
+    return name
+
+
+def mine(owner: str | None) -> Any:
+    return D.owner.is_(None) if owner is None else D.owner == owner
+
+
+# --- storing bytes ---------------------------------------------------------------------------
+
+
+def copy_hashing(src: IO[bytes], dst: Path, limit: int) -> tuple[int, str]:
+    """src's bytes into dst (replaced whole, or not at all); (bytes, sha256). Over limit: 413."""
+    tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}")
+    h, n = hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as out:
+            while block := src.read(COPY_BYTES):
+                n += len(block)
+                if n > limit:
+                    raise HTTPException(413, f"the file is over {limit} bytes (GPTJOBS_MAX_UPLOAD_BYTES)")
+                h.update(block)
+                out.write(block)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n, h.hexdigest()
+
+
+def upload_dir(settings: Settings, upload_id: str) -> Path:
+    return settings.uploads_dir() / upload_id
+
+
+def prepared_dir(settings: Settings, content_key: str) -> Path:
+    return settings.datasets_dir() / content_key
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def check_room(
+    s: Session, owner: str | None, settings: Settings, new_bytes: int, new_dataset: bool, upload_id: str | None = None
+) -> None:
+    """An owner's stored bytes (their datasets, and their uploads still open but `upload_id`,
+    whose bytes these are) and their number of datasets stay under the server's limits."""
+    if new_bytes > settings.max_upload_bytes:
+        raise HTTPException(
+            413,
+            f"{new_bytes} bytes is over the limit of {settings.max_upload_bytes} per upload (GPTJOBS_MAX_UPLOAD_BYTES)",
+        )
+    who = "open-mode caller" if owner is None else f"owner {owner!r}"
+    if new_dataset:
+        n = s.execute(select(func.count()).where(mine(owner))).scalar_one()
+        if n >= settings.max_datasets:
+            raise HTTPException(
+                429, f"limit reached: {n} datasets for {who}, at most {settings.max_datasets} (GPTJOBS_MAX_DATASETS)"
+            )
+    stored = s.execute(select(func.coalesce(func.sum(D.bytes), 0)).where(mine(owner), D.status != FAILED)).scalar_one()
+    owner_uploads = U.owner.is_(None) if owner is None else U.owner == owner
+    pending = s.execute(
+        select(func.coalesce(func.sum(U.bytes), 0)).where(owner_uploads, U.status == "open", U.id != (upload_id or ""))
+    ).scalar_one()
+    if stored + pending + new_bytes > settings.max_stored_bytes:
+        raise HTTPException(
+            413,
+            f"limit reached: {who} stores {stored + pending} bytes; {new_bytes} more is over "
+            f"{settings.max_stored_bytes} (GPTJOBS_MAX_STORED_BYTES): delete a dataset first",
+        )
+
+
+# --- making one ------------------------------------------------------------------------------
+
+
+def create(
+    db: Database,
+    settings: Settings,
+    celery: Celery,
+    owner: str | None,
+    opts: Options,
+    *,
+    upload_id: str,
+    filename: str | None,
+    size: int,
+    sha256: str,
+) -> Dataset:
+    """A dataset from the bytes at uploads/<upload_id>/data: `ready` at once when the same
+    bytes were prepared the same way before (for anyone), else `preparing`, queued."""
+    key = opts.content_key(sha256)
+    now = time.time()
+    ds = Dataset(
+        id=secrets.token_hex(8),
+        owner=owner,
+        name=opts.name,
+        status=PREPARING,
+        format=opts.format,
+        tokenizer=opts.tokenizer,
+        val_fraction=opts.val_fraction,
+        text_field=opts.text_field,
+        filename=filename,
+        bytes=size,
+        sha256=sha256,
+        content_key=key,
+        upload_id=upload_id,
+        created_at=now,
+    )
+    with db.transaction() as s:
+        if s.execute(select(D.id).where(mine(owner), D.name == opts.name)).first() is not None:
+            raise HTTPException(409, f"you already have a dataset named {opts.name!r}")
+        check_room(s, owner, settings, size, new_dataset=True, upload_id=upload_id)
+        done = s.execute(select(Dataset).where(D.content_key == key, D.status == READY).limit(1)).scalar()
+        if done is not None and (prepared_dir(settings, key) / "meta.json").exists():
+            for field in ("format", "tokenizer", "train_tokens", "val_tokens", "vocab_size", "documents", "preview"):
+                setattr(ds, field, getattr(done, field))
+            ds.status, ds.finished_at, ds.upload_id = READY, now, None
+        s.add(ds)
+        s.execute(update(Upload).where(U.id == upload_id).values(status="completed", dataset_id=ds.id))
+    if ds.status == READY:
+        shutil.rmtree(upload_dir(settings, upload_id), ignore_errors=True)  # prepared already
+        return ds
+    try:
+        celery.send_task(PREPARE_TASK, args=[ds.id, 0], queue=PREPARE_QUEUE)
+    except Exception as e:  # the dataset stays `preparing`: the reaper sends it again
+        raise HTTPException(503, f"could not queue the preparation (is Redis up?): {e}") from None
+    return ds
+
+
+# --- finding one -----------------------------------------------------------------------------
+
+
+def find(s: Session, owner: str | None, ref: str) -> Dataset | None:
+    """The owner's dataset with this id, or else with this name."""
+    by_id = s.execute(select(Dataset).where(mine(owner), D.id == ref)).scalar()
+    return by_id or s.execute(select(Dataset).where(mine(owner), D.name == ref)).scalar()
+
+
+def load(db: Database, owner: str | None, dataset_id: str) -> Dataset:
+    with db.session() as s:
+        ds = s.execute(select(Dataset).where(mine(owner), D.id == dataset_id)).scalar()
+    if ds is None:
+        raise HTTPException(404, f"dataset {dataset_id!r} not found")
+    return ds
+
+
+def not_ready(ds: Dataset) -> str:
+    """Why a run cannot train on it yet (or at all)."""
+    if ds.status == FAILED:
+        return f"dataset {ds.name!r} failed to prepare: {ds.reason}"
+    p = ds.progress or {}
+    done = p.get("bytes_done") or 0
+    where = f"{done / ds.bytes:.0%} of its {ds.bytes} bytes, {p.get('tokens') or 0} tokens so far" if ds.bytes else ""
+    return f"dataset {ds.name!r} is still preparing ({where}); try again when it is ready".replace(" ()", "")
+
+
+# --- removing one ----------------------------------------------------------------------------
+
+
+def remove(db: Database, settings: Settings, owner: str | None, dataset_id: str) -> None:
+    """409 while a queued or running run trains on it; else the row, and its files unless
+    another dataset (of any owner) shares them."""
+    with db.transaction() as s:
+        ds = s.execute(select(Dataset).where(mine(owner), D.id == dataset_id)).scalar()
+        if ds is None:
+            raise HTTPException(404, f"dataset {dataset_id!r} not found")
+        users = s.execute(
+            select(R.id).where(R.dataset_id == dataset_id, R.status.in_(sorted(ACTIVE))).limit(5)
+        ).scalars()
+        if busy := list(users):
+            raise HTTPException(409, f"dataset {ds.name!r} is in use by runs {', '.join(busy)} (queued or running)")
+        s.execute(delete(Dataset).where(D.id == dataset_id))
+        shared = s.execute(select(D.id).where(D.content_key == ds.content_key).limit(1)).first() is not None
+    if ds.upload_id:
+        shutil.rmtree(upload_dir(settings, ds.upload_id), ignore_errors=True)
+    if not shared:
+        shutil.rmtree(prepared_dir(settings, ds.content_key), ignore_errors=True)
+
+
+# --- what a run records ------------------------------------------------------------------------
+
+
+def for_run(s: Session, owner: str | None, ref: str, block_size: int) -> tuple[Dataset | None, str | None]:
+    """The dataset a run's config names, or why it cannot train on it: unknown to this owner,
+    not ready, or a split shorter than block_size + 1 tokens."""
+    ds = find(s, owner, ref)
+    if ds is None:
+        known = ", ".join(BUILTIN_DATASETS)
+        return None, f"unknown dataset {ref!r}: not one of yours (by id or name), nor built in ({known})"
+    if ds.status != READY:
+        return ds, not_ready(ds)
+    for split, n in (("train", ds.train_tokens or 0), ("val", ds.val_tokens or 0)):
+        if n < block_size + 1:
+            return ds, (
+                f"dataset {ds.name!r}: its {split} split has {n} tokens, fewer than block_size + 1 ({block_size + 1}); "
+                "lower block_size, or bring more text (or a larger val_fraction)"
+            )
+    return ds, None
+
+
+def meta(settings: Settings, ds: Dataset) -> dict[str, Any]:
+    return json.loads((prepared_dir(settings, ds.content_key) / "meta.json").read_text())
+
+
+def waiting_uploads(s: Session, older_than: float) -> list[str]:
+    """Open uploads untouched since older_than (abandoned: GPTJOBS_UPLOAD_TTL_S)."""
+    return list(s.execute(select(U.id).where(U.status == "open", U.touched_at < older_than)).scalars())
+
+
+def expire_uploads(db: Database, settings: Settings) -> list[str]:
+    """Remove abandoned uploads, their parts and their rows; returns their ids."""
+    with db.transaction() as s:
+        gone = waiting_uploads(s, time.time() - settings.upload_ttl_s)
+        if gone:
+            s.execute(delete(Upload).where(U.id.in_(gone)))
+    for upload_id in gone:
+        shutil.rmtree(upload_dir(settings, upload_id), ignore_errors=True)
+    return gone

@@ -1,0 +1,136 @@
+"""The prepare task, on the `prepare` queue, so that no training run or sampling request ever
+waits behind a 10 GB tokenization: a dataset's upload becomes its token arrays.
+
+One attempt at a time holds the dataset (the claim bumps `attempt`; a lease in Redis says
+the worker is alive, as a run's does, and the API's reaper sends the task again when it
+lapses). Everything is written into a temp directory beside the prepared one and renamed
+into place only while the database still says this attempt owns the dataset, so a worker
+killed midway leaves nothing that anything reads: the next attempt starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from functools import lru_cache
+from typing import Any
+
+import redis
+from sqlalchemy import update
+
+from api.db import D, Database, Dataset
+from api.lifecycle import DATASETS, FAILED, PREPARING, READY, claim_preparation
+from api.queue import PREPARE_TASK
+from api.settings import get_settings, usable_cores
+from worker.app import app
+from worker.lease import Lease, LeaseLost
+
+log = logging.getLogger(__name__)
+
+PROGRESS_WRITE_S = 1.0  # the dataset row's progress is written at most this often
+
+
+@lru_cache
+def _db() -> Database:
+    return Database(get_settings().db_url)
+
+
+@lru_cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().redis_url)
+
+
+def _mine(ds: Any, attempt: int) -> list[Any]:
+    return [D.id == ds.id, D.status == PREPARING, D.attempt == attempt]
+
+
+@app.task(name=PREPARE_TASK)
+def prepare(dataset_id: str, sent_for: int) -> None:
+    """Prepare the dataset, if it is still `preparing` at attempt `sent_for` (else another
+    delivery or attempt has it, and this one does nothing)."""
+    from gpt.prepare import PrepareError, Progress, detect_format
+    from gpt.prepare import prepare as run_prepare
+
+    settings, db = get_settings(), _db()
+    with db.transaction() as s:
+        ds = s.get(Dataset, dataset_id) if claim_preparation(s, dataset_id, sent_for) else None
+    if ds is None:
+        log.info("dataset %s: not waiting at attempt %d any more, skipping this delivery", dataset_id, sent_for)
+        return
+    attempt = ds.attempt
+    lease = Lease.for_dataset(_redis(), dataset_id, attempt, settings.lease_ttl_s)
+    lease.acquire()
+    target = settings.datasets_dir() / ds.content_key
+    work = settings.datasets_dir() / f".{ds.content_key}.{attempt}.tmp"
+    src = settings.uploads_dir() / (ds.upload_id or "") / "data"
+    ended = False
+    try:
+        if not (target / "meta.json").exists():
+            shutil.rmtree(work, ignore_errors=True)  # what an earlier, lost attempt of ours left
+            work.mkdir(parents=True)
+            fmt = ds.format or detect_format(src, ds.filename)
+            written = [0.0]
+
+            def progress(p: Progress) -> None:
+                lease.check()  # raises LeaseLost: this attempt stops, writing nothing more
+                now = time.monotonic()
+                if now - written[0] >= PROGRESS_WRITE_S:
+                    written[0] = now
+                    with db.transaction() as s:
+                        s.execute(update(Dataset).where(*_mine(ds, attempt)).values(progress=asdict(p)))
+
+            log.info("dataset %s: attempt %d preparing %s (%s, %s)", dataset_id, attempt, src, fmt, ds.tokenizer)
+            t0 = time.perf_counter()
+            done = run_prepare(
+                src,
+                work,
+                fmt=fmt,
+                tokenizer=ds.tokenizer,
+                val_fraction=ds.val_fraction,
+                text_field=ds.text_field,
+                max_bytes=settings.max_upload_bytes,
+                threads=settings.prepare_threads or usable_cores(),
+                progress=progress,
+            )
+            log.info(
+                "dataset %s: %d tokens in %.1f s",
+                dataset_id,
+                done.train_tokens + done.val_tokens,
+                time.perf_counter() - t0,
+            )
+            lease.check()
+            try:
+                work.rename(target)  # only a complete directory takes the name
+            except OSError:
+                if not (target / "meta.json").exists():
+                    raise  # (else another dataset of the same bytes got there first: same files)
+        _finish(db, ds, attempt, target)
+        ended = True
+    except PrepareError as e:
+        log.info("dataset %s: cannot be prepared: %s", dataset_id, e)
+        with db.transaction() as s:
+            ended = DATASETS.move(s, dataset_id, FAILED, where=[D.attempt == attempt], reason=str(e))
+    except LeaseLost as e:
+        log.warning("dataset %s: %s; stopping", dataset_id, e)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        lease.close(release=True)
+    if ended and ds.upload_id:  # the bytes are tokens now (or refused): the upload goes
+        shutil.rmtree(settings.uploads_dir() / ds.upload_id, ignore_errors=True)
+
+
+def _finish(db: Database, ds: Dataset, attempt: int, target: Any) -> None:
+    import json
+
+    meta = json.loads((target / "meta.json").read_text())
+    values = {k: meta[k] for k in ("format", "train_tokens", "val_tokens", "vocab_size", "documents", "preview")}
+    values["tokenizer"] = meta["tokenizer"]["kind"]
+    tokens = meta["train_tokens"] + meta["val_tokens"]
+    took = time.time() - (ds.started_at or time.time())
+    values["progress"] = {"phase": "done", "bytes_done": ds.bytes, "tokens": tokens, "eta_s": 0.0}
+    values["progress"]["tokens_per_s"] = tokens / took if took > 0 else 0.0
+    with db.transaction() as s:
+        if not DATASETS.move(s, ds.id, READY, where=[D.attempt == attempt], upload_id=None, **values):
+            raise LeaseLost(f"dataset {ds.id} is no longer attempt {attempt}'s")
