@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from gpt import checkpoint as ckpt
+from gpt import readings
 from gpt.config import GPT2_VOCAB_SIZE, TrainConfig
 from gpt.data import Dataset, prepare
 from gpt.flops import flops_per_token, peak_flops
@@ -32,7 +33,6 @@ from gpt.tokenizers import decode
 Event = dict[str, Any]
 MFU_WARMUP = 5  # iterations left out of the smoothed MFU (allocator and kernel warm-up)
 LOW_MFU_AT = 100  # iteration at which a low MFU is worth a warning
-LOW_MFU = 0.10
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
@@ -46,26 +46,6 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-def overfitting(evals: list[tuple[int, float, float]]) -> str | None:
-    """Advice when val loss rose while train loss fell over the last two eval intervals.
-
-    evals holds (iter, train_loss, val_loss). Two intervals, not one: a single rise in val
-    loss is often noise from eval_iters' sampling.
-    """
-    if len(evals) < 3:
-        return None
-    (_, t0, v0), (_, t1, v1), (_, t2, v2) = evals[-3:]
-    if not (v2 > v1 > v0 and t2 < t1 < t0):
-        return None
-    best = min(evals, key=lambda e: e[2])
-    return (
-        f"val loss rose {v0:.4f} -> {v2:.4f} over the last two evals while train loss fell "
-        f"{t0:.4f} -> {t2:.4f}: the model is memorising the training set. The best val loss "
-        f"was {best[2]:.4f} at iter {best[0]}. More dropout, a smaller model or more data would help; "
-        "training longer will not."
-    )
 
 
 def resolve_device(cfg: TrainConfig) -> tuple[str, str, bool]:
@@ -262,17 +242,23 @@ class _Run:
                         "mfu": mfu,
                         "mfu_avg": mfu_avg,
                     }
-                if local_iter == LOW_MFU_AT and not warned_mfu and mfu_avg is not None and mfu_avg < LOW_MFU:
+                if local_iter == LOW_MFU_AT and not warned_mfu and mfu_avg is not None:
                     warned_mfu = True
-                    yield self._low_mfu(mfu_avg)
+                    if message := readings.low_mfu(
+                        mfu_avg,
+                        device=self.device_name or self.device.type,
+                        batch_size=cfg.batch_size,
+                        block_size=cfg.block_size,
+                        n_embd=cfg.n_embd,
+                        compiled=self.compile,
+                        dtype=self.dtype,
+                    ):
+                        yield self._warning("low_mfu", message)
                 self.iter_num += 1
                 local_iter += 1
         except torch.OutOfMemoryError:
             yield self._status(
-                "failed",
-                f"out of memory at iter {self.iter_num} on {self.device_name or self.device}: "
-                f"reduce batch_size ({cfg.batch_size}) and raise gradient_accumulation_steps "
-                f"({cfg.gradient_accumulation_steps}) to keep tokens per iteration, or reduce block_size/n_embd",
+                "failed", readings.out_of_memory(self.iter_num, self.device_name or self.device.type, cfg)
             )
 
     def _step(self, lr: float) -> tuple[float, float]:
@@ -398,45 +384,14 @@ class _Run:
             yield {"type": "sample", "ts": time.time(), "iter": self.iter_num, "prompt": prompt, "text": text}
         self.model.train()
 
-    # --- readings an experienced person would give -------------------------------------
     def _overfitting(self) -> Event | None:
-        message = overfitting(self.evals)
-        if message is None:
-            return None
-        return {"type": "warning", "ts": time.time(), "code": "overfitting", "iter": self.iter_num, "message": message}
-
-    def _low_mfu(self, mfu: float) -> Event:
-        cfg, why = self.cfg, []
-        tokens = cfg.batch_size * cfg.block_size
-        if tokens < 16384:
-            why.append(f"micro-batches are small ({cfg.batch_size} x {cfg.block_size} = {tokens} tokens)")
-        if not self.compile:
-            why.append("torch.compile is off (compile=True)")
-        if self.dtype == "float32":
-            why.append("float32 (bfloat16 is several times faster on tensor cores)")
-        if self.model.config.n_embd < 512:
-            why.append(
-                f"the model is narrow (n_embd {self.model.config.n_embd}): kernels launch more than they compute"
-            )
-        return {
-            "type": "warning",
-            "ts": time.time(),
-            "code": "low_mfu",
-            "iter": self.iter_num,
-            "message": f"MFU is {mfu * 100:.1f}% of {self.device_name}'s {self.dtype} peak"
-            + (": " + "; ".join(why) if why else ""),
-        }
+        message = readings.overfitting(self.evals)
+        return None if message is None else self._warning("overfitting", message)
 
     def _diverged(self, loss: float, lr: float) -> Iterator[Event]:
-        cfg = self.cfg
-        advice = [f"lower learning_rate (now {cfg.learning_rate:g})"]
-        if not cfg.grad_clip:
-            advice.append("set grad_clip (e.g. 1.0)")
-        if cfg.warmup_iters < 100:
-            advice.append(f"a longer warmup_iters (now {cfg.warmup_iters})")
-        msg = f"loss became {loss} at iter {self.iter_num} (lr {lr:.3g}): the run diverged"
-        yield {"type": "warning", "ts": time.time(), "code": "nan_loss", "iter": self.iter_num, "message": msg}
-        yield self._status("failed", f"{msg}. Try: {', or '.join(advice)}.")
+        warning, reason = readings.diverged(loss, self.iter_num, lr, self.cfg)
+        yield self._warning("nan_loss", warning)
+        yield self._status("failed", reason)
 
     def _started(self) -> Event:
         where = f"{self.device_name or self.device.type} ({self.dtype}{', compiled' if self.compile else ''})"
@@ -460,3 +415,6 @@ class _Run:
 
     def _status(self, status: str, reason: str) -> Event:
         return {"type": "status", "ts": time.time(), "status": status, "reason": reason, "iter": self.iter_num}
+
+    def _warning(self, code: str, message: str) -> Event:
+        return {"type": "warning", "ts": time.time(), "code": code, "iter": self.iter_num, "message": message}

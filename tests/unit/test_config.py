@@ -71,7 +71,7 @@ def test_paths_refused_when_not_allowed(tmp_path) -> None:
 
 
 def test_config_imports_without_torch() -> None:
-    code = "import sys, gpt.config; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, gpt.config, gpt.readings; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

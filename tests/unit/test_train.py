@@ -15,7 +15,8 @@ from gpt import sample
 from gpt.config import make_config
 from gpt.data import Dataset
 from gpt.flops import flops_per_token
-from gpt.train import lr_at, overfitting, train
+from gpt.readings import overfitting
+from gpt.train import lr_at, train
 
 
 def run(cfg, data_dir: Path, **kw: Any) -> list[dict[str, Any]]:
