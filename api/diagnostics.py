@@ -1,6 +1,9 @@
 """A run read the way someone who knows nanoGPT's log reads it: is the loss still falling,
 is it overfitting, where does the time go, is the GPU busy, did it blow up, how much data
 has the model seen. Derived from the run's events (its current timeline) at request time.
+
+The readings the training loop also gives as it trains (overfitting, low MFU) come from
+gpt.readings, rules and sentences both; the ones only a finished timeline can give are here.
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ from sqlmodel import Session
 
 from api.db import Run
 from api.progress import Progress, _bodies
+from gpt import readings
 
 TREND_WINDOW = 200  # iter events the loss trend is fitted over
 FLAT = 0.02  # a relative change over the window below this is a plateau
-LOW_MFU = 0.10  # as gpt/train.py's warning
-SMALL_BATCH_TOKENS = 16384
 
 
 class Diagnostics(BaseModel):
@@ -63,15 +65,8 @@ def diagnose(s: Session, run: Run, p: Progress) -> Diagnostics:
         d.train_val_gap = gaps[-1]
         if len(evals) >= 3:
             d.gap_widening = gaps[-1] > gaps[-2] > gaps[-3]
-            rising = evals[-1]["val_loss"] > evals[-2]["val_loss"] > evals[-3]["val_loss"]
-            if d.gap_widening and rising:
-                best = min(evals, key=lambda e: e["val_loss"])
-                said.append(
-                    f"overfitting: val loss rose for two evals ({evals[-3]['val_loss']:.4f} -> "
-                    f"{evals[-1]['val_loss']:.4f}) while the train/val gap widened to {gaps[-1]:.4f}; "
-                    f"the best val loss was {best['val_loss']:.4f} at iter {best['iter']} (best.pt). "
-                    "More dropout, a smaller model or more data would help; training longer will not"
-                )
+        if overfitting := readings.overfitting([(e["iter"], e["train_loss"], e["val_loss"]) for e in evals]):
+            said.append(overfitting)
 
     iters = [e for e in _bodies(s, run.id, "iter", newest=TREND_WINDOW) if isinstance(e.get("loss"), int | float)]
     if len(iters) >= 10:
@@ -112,18 +107,18 @@ def diagnose(s: Session, run: Run, p: Progress) -> Diagnostics:
             said.append(
                 f"MFU is n/a: the peak FLOP/s of {d.device} is not known (set peak_flops in the config to get one)"
             )
-    elif d.mfu is not None and d.mfu < LOW_MFU:
-        why = []
-        tokens = cfg.get("batch_size", 0) * cfg.get("block_size", 0)
-        if tokens < SMALL_BATCH_TOKENS:
-            why.append(f"small micro-batches ({cfg.get('batch_size')} x {cfg.get('block_size')} = {tokens} tokens)")
-        if not started.get("compile"):
-            why.append("torch.compile is off")
-        if started.get("dtype") == "float32":
-            why.append("float32 (bfloat16 is several times faster on tensor cores)")
-        if cfg.get("n_embd", 0) < 512:
-            why.append(f"a narrow model (n_embd {cfg.get('n_embd')}): kernel launches outweigh the math")
-        said.append(f"MFU is {d.mfu:.1%} of {d.device}'s peak" + (": likely " + "; ".join(why) if why else ""))
+    elif d.mfu is not None:
+        low_mfu = readings.low_mfu(
+            d.mfu,
+            device=d.device or "the device",
+            batch_size=cfg.get("batch_size", 0),
+            block_size=cfg.get("block_size", 0),
+            n_embd=cfg.get("n_embd", 0),
+            compiled=bool(started.get("compile")),
+            dtype=started.get("dtype"),
+        )
+        if low_mfu:
+            said.append(low_mfu)
 
     if p.tokens_seen and d.n_params:
         d.tokens_per_param = p.tokens_seen / d.n_params

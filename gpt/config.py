@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TOKENIZERS = ("char", "gpt2")
 INIT_FROM = ("scratch", "resume")
+# TrainConfig's sections, as in nanoGPT's train.py, and ours.
+GROUPS = ("I/O", "data", "model", "AdamW", "learning rate schedule", "system", "ours")
 
 # A built-in dataset is a text source plus its tokenizer, and carries the recipe nanoGPT
 # ships for it (config/train_shakespeare_char.py), so that `--dataset=shakespeare_char`
@@ -65,49 +68,66 @@ class ConfigError(ValueError):
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
+def _section(group: str) -> Callable[[Any, str], Any]:
+    """The maker of TrainConfig's fields in one of its sections: key(default, help)."""
+
+    def key(default: Any, help: str) -> Any:
+        meta = {"group": group, "help": help}
+        if isinstance(default, list):  # each config its own copy
+            return field(default_factory=lambda: list(default), metadata=meta)
+        return field(default=default, metadata=meta)
+
+    return key
+
+
+_io, _data, _model, _adamw, _schedule, _system, _ours = map(_section, GROUPS)
+
+
 @dataclass
 class TrainConfig:
-    # I/O
-    out_dir: str = "out"
-    eval_interval: int = 2000
-    log_interval: int = 1
-    eval_iters: int = 200
-    eval_only: bool = False  # evaluate once, then stop
-    always_save_checkpoint: bool = True  # else only when val loss improves
-    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-    # data
-    dataset: str = "shakespeare_char"  # built-in name, or a path to a UTF-8 text file
-    gradient_accumulation_steps: int = 40  # nanoGPT's 5 * 8 (it divides by world size; we run one process)
-    batch_size: int = 12  # micro-batch size when gradient_accumulation_steps > 1
-    block_size: int = 1024
-    # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0  # 0 for pretraining, 0.1+ for finetuning
-    bias: bool = False  # bias in Linears and LayerNorms, like GPT-2
-    # AdamW
-    learning_rate: float = 6e-4
-    max_iters: int = 600000
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # clip gradients at this norm; 0 disables
-    # learning rate schedule
-    decay_lr: bool = True
-    warmup_iters: int = 2000
-    lr_decay_iters: int = 600000  # ~= max_iters per Chinchilla
-    min_lr: float = 6e-5  # ~= learning_rate / 10 per Chinchilla
-    # system
-    device: str = "auto"  # cuda > mps > cpu
-    dtype: str = "auto"  # bfloat16 where supported, else float16 on CUDA; float32 elsewhere
-    compile: bool | None = None  # None: on for CUDA, off elsewhere
-    # ours
-    seed: int = 1337
-    peak_flops: float | None = None  # overrides the device table for MFU
-    tokenizer: str | None = None  # 'char' or 'gpt2'; None: the dataset's own
-    sample_prompts: list[str] = field(default_factory=list)  # sampled at each eval, if any
-    sample_tokens: int = 200
+    """nanoGPT's train.py keys, defaults and sections, in its order, then ours; describe()
+    lists them with the section and help each field carries in its metadata."""
+
+    out_dir: str = _io("out", "directory for ckpt.pt and best.pt")
+    eval_interval: int = _io(2000, "evaluate every this many iterations, and at the end")
+    log_interval: int = _io(1, "report the loss every this many iterations")
+    eval_iters: int = _io(200, "batches of each split averaged per evaluation")
+    eval_only: bool = _io(False, "evaluate once, then stop")
+    always_save_checkpoint: bool = _io(True, "else only when val loss improves")
+    init_from: str = _io("scratch", "'scratch' or 'resume' (from out_dir/ckpt.pt)")
+
+    dataset: str = _data("shakespeare_char", "built-in name, or a path to a UTF-8 text file")
+    gradient_accumulation_steps: int = _data(40, "nanoGPT's 5 * 8 (it divides by world size; we run one process)")
+    batch_size: int = _data(12, "micro-batch size when gradient_accumulation_steps > 1")
+    block_size: int = _data(1024, "context length, in tokens")
+
+    n_layer: int = _model(12, "transformer blocks")
+    n_head: int = _model(12, "attention heads per block")
+    n_embd: int = _model(768, "embedding width; a multiple of n_head")
+    dropout: float = _model(0.0, "0 for pretraining, 0.1+ for finetuning")
+    bias: bool = _model(False, "True: bias in Linears and LayerNorms, like GPT-2; False: a bit better and faster")
+
+    learning_rate: float = _adamw(6e-4, "max learning rate, reached after the warmup")
+    max_iters: int = _adamw(600000, "total number of training iterations")
+    weight_decay: float = _adamw(1e-1, "AdamW's weight decay, of matrices and embeddings only")
+    beta1: float = _adamw(0.9, "AdamW's first-moment decay")
+    beta2: float = _adamw(0.95, "AdamW's second-moment decay")
+    grad_clip: float = _adamw(1.0, "clip gradients at this norm; 0 disables")
+
+    decay_lr: bool = _schedule(True, "after the warmup, a cosine decay to min_lr; else learning_rate throughout")
+    warmup_iters: int = _schedule(2000, "iterations of linear warmup to learning_rate")
+    lr_decay_iters: int = _schedule(600000, "~= max_iters per Chinchilla")
+    min_lr: float = _schedule(6e-5, "~= learning_rate / 10 per Chinchilla")
+
+    device: str = _system("auto", "cuda > mps > cpu")
+    dtype: str = _system("auto", "bfloat16 where supported, else float16 on CUDA; float32 elsewhere")
+    compile: bool | None = _system(None, "None: on for CUDA, off elsewhere")
+
+    seed: int = _ours(1337, "seeds the weights' init, the batches and dropout")
+    peak_flops: float | None = _ours(None, "overrides the device table for MFU")
+    tokenizer: str | None = _ours(None, "'char' or 'gpt2'; None: the dataset's own")
+    sample_prompts: list[str] = _ours([], "sampled at each eval, if any")  # noqa: RUF009 (key() copies it per config)
+    sample_tokens: int = _ours(200, "tokens generated per sample prompt")
 
     # --- derived ---------------------------------------------------------------------
     def resolved_tokenizer(self) -> str:
@@ -123,6 +143,30 @@ class TrainConfig:
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+class FieldInfo(TypedDict):
+    name: str
+    type: str  # "int", "float", "bool", "str" or "list[str]"; " | None" when None is allowed
+    default: Any
+    group: str  # one of GROUPS
+    help: str
+
+
+def describe() -> list[FieldInfo]:
+    """Every TrainConfig key in train.py's order, with its type, default, section and help.
+
+    For forms and help screens (the API's GET /config/defaults); plain JSON values only.
+    """
+    defaults = TrainConfig().to_dict()
+    return [
+        FieldInfo(
+            name=name, type=str(f.type), default=defaults[name], group=f.metadata["group"], help=f.metadata["help"]
+        )
+        for name, f in FIELDS.items()
+    ]
+
+
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 

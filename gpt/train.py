@@ -1,9 +1,15 @@
 """The training loop, as an iterator of events.
 
-`train(cfg)` yields plain dicts (the event types of DESIGN.md: status, iter, eval,
-checkpoint, warning, sample) and does no I/O beyond its dataset cache and checkpoint
-files: it never prints, never logs, never touches a network. Whoever iterates decides
-what an event becomes (a terminal line, a Redis stream entry, a database row).
+`train(cfg)` yields plain dicts (status, iter, eval, checkpoint, warning and sample events,
+in the shape the worker ships and the command line prints) and does no I/O beyond its
+dataset cache and checkpoint files: it never prints, never logs, never touches a network.
+Whoever iterates decides what an event becomes (a terminal line, a Redis stream entry, a
+database row).
+
+`train` tells the story the way nanoGPT's train.py does: set up (device, data, model and
+optimizer, a resumed state), then loop: evaluate and checkpoint when due, stop if asked,
+the learning rate, the micro-steps, the log line. Its warnings' rules and words are in
+gpt.readings.
 
 Timing is honest: `step_ms` covers one optimisation step (data, forward, backward,
 update) and ends after the device has finished it; evaluation and checkpointing are timed
@@ -16,23 +22,24 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gpt import checkpoint as ckpt
+from gpt import readings
 from gpt.config import GPT2_VOCAB_SIZE, TrainConfig
-from gpt.data import Dataset, prepare
+from gpt.data import prepare
 from gpt.flops import flops_per_token, peak_flops
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizers import decode
 
 Event = dict[str, Any]
+ARCH = ("n_layer", "n_head", "n_embd", "block_size", "bias")  # a resumed run takes these from its checkpoint
 MFU_WARMUP = 5  # iterations left out of the smoothed MFU (allocator and kernel warm-up)
-LOW_MFU_AT = 100  # iteration at which a low MFU is worth a warning
-LOW_MFU = 0.10
+LOW_MFU_AT = 100  # iteration, counted from this process's first, at which a low MFU is worth a warning
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
@@ -46,26 +53,6 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
-
-
-def overfitting(evals: list[tuple[int, float, float]]) -> str | None:
-    """Advice when val loss rose while train loss fell over the last two eval intervals.
-
-    evals holds (iter, train_loss, val_loss). Two intervals, not one: a single rise in val
-    loss is often noise from eval_iters' sampling.
-    """
-    if len(evals) < 3:
-        return None
-    (_, t0, v0), (_, t1, v1), (_, t2, v2) = evals[-3:]
-    if not (v2 > v1 > v0 and t2 < t1 < t0):
-        return None
-    best = min(evals, key=lambda e: e[2])
-    return (
-        f"val loss rose {v0:.4f} -> {v2:.4f} over the last two evals while train loss fell "
-        f"{t0:.4f} -> {t2:.4f}: the model is memorising the training set. The best val loss "
-        f"was {best[2]:.4f} at iter {best[0]}. More dropout, a smaller model or more data would help; "
-        "training longer will not."
-    )
 
 
 def resolve_device(cfg: TrainConfig) -> tuple[str, str, bool]:
@@ -88,10 +75,6 @@ def resolve_device(cfg: TrainConfig) -> tuple[str, str, bool]:
     return device, dtype, compile_
 
 
-def device_name(device: torch.device) -> str | None:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
-
-
 def train(
     cfg: TrainConfig,
     *,
@@ -110,172 +93,123 @@ def train(
     """
     if num_threads:
         torch.set_num_threads(num_threads)
-    run = _Run(cfg, data_dir)
-    run.before_save = before_save
-    yield from run.events(should_stop or (lambda: False))
+    should_stop = should_stop or (lambda: False)
+    run = _Run(cfg, data_dir, before_save)
+    yield run.started()
+    try:
+        while True:
+            ended = yield from run.eval_and_checkpoint(should_stop)
+            if ended:
+                return
+            if should_stop():
+                yield from run.cancelled()
+                return
+            lr = lr_at(run.iter_num, run.cfg)
+            loss, step_ms = run.step(lr)
+            if not math.isfinite(loss):
+                yield from run.diverged(loss, lr)
+                return
+            yield from run.log(loss, lr, step_ms)
+            run.iter_num += 1
+    except torch.OutOfMemoryError:
+        yield run.out_of_memory()
 
 
 class _Run:
-    def __init__(self, cfg: TrainConfig, data_dir: str | Path | None):
-        self.cfg = cfg
-        self.before_save: Callable[[], None] | None = None
-        self.out_dir = Path(cfg.out_dir)
+    """A run's device, data, model and optimizer, and where its loop is."""
+
+    def __init__(self, cfg: TrainConfig, data_dir: str | Path | None, before_save: Callable[[], None] | None):
         dev, self.dtype, self.compile = resolve_device(cfg)
         self.device = torch.device(dev)
+        # As events name it: the GPU's model ("NVIDIA H100 80GB HBM3"), else cpu or mps.
+        self.device_name = torch.cuda.get_device_name(self.device) if dev.startswith("cuda") else self.device.type
         # One RNG for init, batches and dropout, drawn in nanoGPT's order (init, first batch,
         # eval, then per micro-step: forward, next batch, backward), so that the same command
         # and seed give nanoGPT's own batches and very nearly its numbers.
         torch.manual_seed(cfg.seed)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        self.data: Dataset = prepare(cfg.dataset, cfg.resolved_tokenizer(), data_dir)
-
-        resume = None
+        self.data = prepare(cfg.dataset, cfg.resolved_tokenizer(), data_dir)
+        self.out_dir, self.before_save = Path(cfg.out_dir), before_save
         ckpt.remove_partial(self.out_dir)  # a save killed midway; ckpt.pt is still the one before
-        if cfg.init_from == "resume" and (self.out_dir / ckpt.LATEST).exists():
-            resume = ckpt.load(self.out_dir / ckpt.LATEST, self.device)
-        if resume is not None:
-            # The architecture comes from the checkpoint, as in nanoGPT; dropout may change.
-            self.model_args = dict(resume["model_args"], dropout=cfg.dropout)
-            arch = ("n_layer", "n_head", "n_embd", "block_size", "bias")
-            self.cfg = cfg = dataclasses.replace(cfg, **{k: self.model_args[k] for k in arch})
+        latest = self.out_dir / ckpt.LATEST
+        saved = ckpt.load(latest, self.device) if cfg.init_from == "resume" and latest.exists() else None
+
+        # The model and its optimizer. A resumed run keeps its checkpoint's architecture, as
+        # in nanoGPT, whatever cfg says; only dropout may change.
+        if saved is not None:
+            self.model_args = dict(saved["model_args"], dropout=cfg.dropout)
         else:
             vocab = GPT2_VOCAB_SIZE if self.data.tokenizer.name == "gpt2" else self.data.vocab_size
-            self.model_args = dict(
-                n_layer=cfg.n_layer,
-                n_head=cfg.n_head,
-                n_embd=cfg.n_embd,
-                block_size=cfg.block_size,
-                bias=cfg.bias,
-                vocab_size=vocab,
-                dropout=cfg.dropout,
-            )
+            self.model_args = {**{k: getattr(cfg, k) for k in ARCH}, "vocab_size": vocab, "dropout": cfg.dropout}
+        self.cfg = cfg = dataclasses.replace(cfg, **{k: self.model_args[k] for k in ARCH})
         self.model = GPT(GPTConfig(**self.model_args)).to(self.device)
         self.optimizer = self.model.configure_optimizer(
             cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device.type
         )
         # Loss scaling only for float16: bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "float16")
-        self.iter_num, self.best_val_loss, self.evaluated = 0, float("inf"), False
-        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # drawn one step ahead
-        if resume is not None:
-            self.model.load_state_dict(resume["model"])
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.iter_num, self.best_val_loss = resume["iter_num"], resume["best_val_loss"]
-            state = resume["resume"]
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if state.get("cuda_rng") and self.device.type == "cuda":
-                torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-            self.batch = (state["batch"][0].to(self.device), state["batch"][1].to(self.device))
-            if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.evaluated = state["evaluated"]  # the eval at iter_num already happened
-            self.evals: list[tuple[int, float, float]] = [(int(i), t, v) for i, t, v in state.get("evals", [])]
-        else:
-            self.evals = []
-        self.resumed_from = self.iter_num if resume is not None else None
-        self.resume_missing = cfg.init_from == "resume" and resume is None
-        del resume
-
         self.step_model: torch.nn.Module = self.model
         if self.compile:
             self.step_model = torch.compile(self.model)  # type: ignore[assignment]
-        if self.device.type == "cuda":
-            self.ctx: contextlib.AbstractContextManager[Any] = torch.autocast("cuda", dtype=getattr(torch, self.dtype))
-        elif self.dtype == "bfloat16":
-            self.ctx = torch.autocast(self.device.type, dtype=torch.bfloat16)
+        self.ctx = _autocast(self.device, self.dtype)
+
+        # Where the loop is; a checkpoint holds all of it.
+        self.iter_num, self.best_val_loss = 0, float("inf")
+        self.evaluated_at: int | None = None  # the iteration of the last evaluation
+        self.evals: list[tuple[int, float, float]] = []  # (iter, train_loss, val_loss)
+        self.resumed_from: int | None = None
+        if saved is None:
+            self.batch = self.draw("train")  # drawn one step ahead; the first before the first eval, as in nanoGPT
         else:
-            self.ctx = contextlib.nullcontext()
+            self._restore(saved)
 
         mc = self.model.config
-        self.n_params = self.model.num_params()
-        self.flops_per_iter = flops_per_token(
-            self.n_params, mc.n_layer, mc.n_head, mc.n_embd // mc.n_head, mc.block_size
-        ) * (cfg.tokens_per_iter())
-        self.device_name = device_name(self.device)
+        flops_per_iter = (
+            flops_per_token(self.model.num_params(), mc.n_layer, mc.n_head, mc.n_embd // mc.n_head, mc.block_size)
+            * cfg.tokens_per_iter()
+        )
         self.peak = cfg.peak_flops or peak_flops(self.device_name, self.dtype)
+        setup = {"device": self.device_name, "compiled": self.compile, "dtype": self.dtype}
+        setup |= {"batch_size": cfg.batch_size, "block_size": cfg.block_size, "n_embd": cfg.n_embd}
+        self.watch = _Watch(flops_per_iter, self.peak, self.iter_num, setup)
 
-    # ----------------------------------------------------------------------------------
-    def events(self, should_stop: Callable[[], bool]) -> Iterator[Event]:
+    # --- the pieces of the loop, in its order ------------------------------------------
+    def eval_and_checkpoint(self, should_stop: Callable[[], bool]) -> Generator[Event, None, bool]:
+        """nanoGPT's block at the top of each iteration: evaluate every eval_interval and at
+        the end, then save when val loss improved (or always_save_checkpoint, or at the end).
+        Returns True when the run has ended here (the end, eval_only, or a cancel midway)."""
         cfg = self.cfg
-        yield self._started()
-        if self.batch is None:
-            self.batch = self._draw("train")  # before the first eval, as nanoGPT does
-        mfu_avg: float | None = None
-        local_iter, warned_overfit, warned_mfu = 0, False, False
-        try:
-            while True:
-                final = self.iter_num >= cfg.max_iters
-                # After a resume, the eval at the checkpoint's iteration already happened.
-                did_eval, self.evaluated = self.evaluated, False
-                if (self.iter_num % cfg.eval_interval == 0 or final or cfg.eval_only) and not did_eval:
-                    ev = self._evaluate(should_stop)
-                    if ev is None:
-                        yield from self._cancelled(evaluated=False)
-                        return
-                    did_eval = True
-                    yield ev
-                    self.evals.append((ev["iter"], ev["train_loss"], ev["val_loss"]))
-                    if not warned_overfit and (w := self._overfitting()):
-                        warned_overfit = True
-                        yield w
-                    if ev["val_loss"] < self.best_val_loss:
-                        warned_overfit = False  # a new best: watch again from here
-                    if cfg.sample_prompts:
-                        yield from self._samples()
-                    if self.iter_num > 0 and not cfg.eval_only:
-                        improved = ev["val_loss"] < self.best_val_loss
-                        if improved:
-                            self.best_val_loss = ev["val_loss"]
-                        if improved or cfg.always_save_checkpoint or final:
-                            yield self._checkpoint(ev["val_loss"], best=improved, evaluated=True)
-                    if cfg.eval_only:
-                        yield self._status("succeeded", f"evaluated at iter {self.iter_num} (eval_only)")
-                        return
-                if final:
-                    yield self._status(
-                        "succeeded",
-                        f"trained {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f}",
-                    )
-                    return
-                if should_stop():
-                    yield from self._cancelled(evaluated=did_eval)
-                    return
-
-                lr = lr_at(self.iter_num, cfg)
-                loss, step_ms = self._step(lr)
-                if not math.isfinite(loss):
-                    yield from self._diverged(loss, lr)
-                    return
-                mfu = self.flops_per_iter / (step_ms / 1e3) / self.peak if self.peak else None
-                if mfu is not None and local_iter >= MFU_WARMUP:
-                    mfu_avg = mfu if mfu_avg is None else 0.9 * mfu_avg + 0.1 * mfu
-                if self.iter_num % cfg.log_interval == 0:
-                    yield {
-                        "type": "iter",
-                        "ts": time.time(),
-                        "iter": self.iter_num,
-                        "loss": loss,
-                        "lr": lr,
-                        "step_ms": step_ms,
-                        "tokens_per_s": cfg.tokens_per_iter() / (step_ms / 1e3),
-                        "mfu": mfu,
-                        "mfu_avg": mfu_avg,
-                    }
-                if local_iter == LOW_MFU_AT and not warned_mfu and mfu_avg is not None and mfu_avg < LOW_MFU:
-                    warned_mfu = True
-                    yield self._low_mfu(mfu_avg)
-                self.iter_num += 1
-                local_iter += 1
-        except torch.OutOfMemoryError:
+        final = self.iter_num >= cfg.max_iters
+        due = self.iter_num % cfg.eval_interval == 0 or final or cfg.eval_only
+        if due and self.evaluated_at != self.iter_num:  # after a resume, it may have happened already
+            ev = self._evaluate(should_stop)
+            if ev is None:
+                yield from self.cancelled()
+                return True
+            self.evaluated_at = self.iter_num
+            yield ev
+            self.evals.append((ev["iter"], ev["train_loss"], ev["val_loss"]))
+            if message := self.watch.overfitting(self.evals, self.best_val_loss):
+                yield self._warning("overfitting", message)
+            if cfg.sample_prompts:
+                yield from self._samples()
+            if self.iter_num > 0 and not cfg.eval_only:
+                improved = ev["val_loss"] < self.best_val_loss
+                if improved:
+                    self.best_val_loss = ev["val_loss"]
+                if improved or cfg.always_save_checkpoint or final:
+                    yield self._checkpoint(ev["val_loss"], best=improved)
+            if cfg.eval_only:
+                yield self._status("succeeded", f"evaluated at iter {self.iter_num} (eval_only)")
+                return True
+        if final:
             yield self._status(
-                "failed",
-                f"out of memory at iter {self.iter_num} on {self.device_name or self.device}: "
-                f"reduce batch_size ({cfg.batch_size}) and raise gradient_accumulation_steps "
-                f"({cfg.gradient_accumulation_steps}) to keep tokens per iteration, or reduce block_size/n_embd",
+                "succeeded", f"trained {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f}"
             )
+        return final
 
-    def _step(self, lr: float) -> tuple[float, float]:
+    def step(self, lr: float) -> tuple[float, float]:
         """One optimisation step; returns (mean loss over micro-steps, wall ms)."""
         cfg, model, opt = self.cfg, self.step_model, self.optimizer
         t0 = time.perf_counter()
@@ -283,13 +217,13 @@ class _Run:
             group["lr"] = lr
         gas = cfg.gradient_accumulation_steps
         total = None
-        x, y = self.batch or self._draw("train")
+        x, y = self.batch
         for _ in range(gas):
             with self.ctx:
                 _, loss = model(x, y)
                 loss = loss / gas  # the gradient of the mean over micro-steps
             # The next batch is drawn while the device still computes this one.
-            x, y = self._draw("train")
+            x, y = self.draw("train")
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
         self.batch = (x, y)
@@ -304,13 +238,42 @@ class _Run:
             torch.cuda.synchronize(self.device)
         return lossf, (time.perf_counter() - t0) * 1e3
 
-    def _draw(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def log(self, loss: float, lr: float, step_ms: float) -> Iterator[Event]:
+        """The iter event every log_interval, and the low-MFU warning when it is due."""
+        cfg = self.cfg
+        mfu = self.watch.step(self.iter_num, step_ms)
+        if self.iter_num % cfg.log_interval == 0:
+            tokens_per_s = cfg.tokens_per_iter() / (step_ms / 1e3)
+            yield _event(
+                "iter",
+                iter=self.iter_num,
+                loss=loss,
+                lr=lr,
+                step_ms=step_ms,
+                tokens_per_s=tokens_per_s,
+                mfu=mfu,
+                mfu_avg=self.watch.mfu_avg,
+            )
+        if message := self.watch.low_mfu(self.iter_num):
+            yield self._warning("low_mfu", message)
+
+    def draw(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data.batch(split, self.cfg.batch_size, self.cfg.block_size, self.device)
 
-    def _cancelled(self, *, evaluated: bool) -> Iterator[Event]:
-        yield self._checkpoint(None, best=False, evaluated=evaluated)
+    # --- how a run ends, other than by finishing ---------------------------------------
+    def cancelled(self) -> Iterator[Event]:
+        yield self._checkpoint(None, best=False)
         yield self._status("cancelled", f"cancelled at iter {self.iter_num}; checkpoint saved")
 
+    def diverged(self, loss: float, lr: float) -> Iterator[Event]:
+        warning, reason = readings.diverged(loss, self.iter_num, lr, self.cfg)
+        yield self._warning("nan_loss", warning)
+        yield self._status("failed", reason)
+
+    def out_of_memory(self) -> Event:
+        return self._status("failed", readings.out_of_memory(self.iter_num, self.device_name, self.cfg))
+
+    # --- evaluation, checkpoints, samples -----------------------------------------------
     @torch.no_grad()
     def _evaluate(self, should_stop: Callable[[], bool]) -> Event | None:
         """Mean train and val loss over eval_iters batches each; None when stopped midway.
@@ -333,23 +296,16 @@ class _Run:
                     torch.set_rng_state(rng)  # batches come from the CPU generator only
                     self.model.train()
                     return None
-                x, y = self._draw(split)
+                x, y = self.draw(split)
                 with self.ctx:
                     _, loss = self.step_model(x, y)
                 total += loss.float()
             out[split] = (total / cfg.eval_iters).item()
         self.model.train()
         eval_ms = (time.perf_counter() - t0) * 1e3
-        return {
-            "type": "eval",
-            "ts": time.time(),
-            "iter": self.iter_num,
-            "train_loss": out["train"],
-            "val_loss": out["val"],
-            "eval_ms": eval_ms,
-        }
+        return _event("eval", iter=self.iter_num, train_loss=out["train"], val_loss=out["val"], eval_ms=eval_ms)
 
-    def _checkpoint(self, val_loss: float | None, *, best: bool, evaluated: bool) -> Event:
+    def _checkpoint(self, val_loss: float | None, *, best: bool) -> Event:
         t0 = time.perf_counter()
         state = {
             "model": ckpt.model_state(self.model),
@@ -363,25 +319,36 @@ class _Run:
             "resume": {
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-                "batch": [t.cpu() for t in self.batch] if self.batch else None,
+                "batch": [t.cpu() for t in self.batch],
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-                "evaluated": evaluated,
+                "evaluated": self.evaluated_at == self.iter_num,
                 "evals": [list(e) for e in self.evals],
             },
         }
         nbytes = ckpt.save(self.out_dir / ckpt.LATEST, state, self.before_save)
         if best:
             ckpt.mark_best(self.out_dir)
-        return {
-            "type": "checkpoint",
-            "ts": time.time(),
-            "iter": self.iter_num,
-            "val_loss": val_loss,
-            "best": best,
-            "ckpt_ms": (time.perf_counter() - t0) * 1e3,
-            "bytes": nbytes,
-            "path": str(self.out_dir / ckpt.LATEST),
-        }
+        ckpt_ms = (time.perf_counter() - t0) * 1e3
+        path = str(self.out_dir / ckpt.LATEST)
+        return _event(
+            "checkpoint", iter=self.iter_num, val_loss=val_loss, best=best, ckpt_ms=ckpt_ms, bytes=nbytes, path=path
+        )
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """Pick up where _checkpoint left off: the same weights, moments, RNG, next batch."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.iter_num, self.best_val_loss = saved["iter_num"], saved["best_val_loss"]
+        state = saved["resume"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.batch = (state["batch"][0].to(self.device), state["batch"][1].to(self.device))
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.evaluated_at = self.iter_num if state["evaluated"] else None
+        self.evals = [(int(i), t, v) for i, t, v in state.get("evals", [])]
+        self.resumed_from = self.iter_num
 
     def _samples(self) -> Iterator[Event]:
         self.model.eval()
@@ -395,59 +362,20 @@ class _Run:
             with self.ctx:
                 y = self.model.generate(x, self.cfg.sample_tokens, temperature=0.8, top_k=200, generator=gen)
             text = decode(self.data.tokenizer, y[0, len(ids) :].tolist())
-            yield {"type": "sample", "ts": time.time(), "iter": self.iter_num, "prompt": prompt, "text": text}
+            yield _event("sample", iter=self.iter_num, prompt=prompt, text=text)
         self.model.train()
 
-    # --- readings an experienced person would give -------------------------------------
-    def _overfitting(self) -> Event | None:
-        message = overfitting(self.evals)
-        if message is None:
-            return None
-        return {"type": "warning", "ts": time.time(), "code": "overfitting", "iter": self.iter_num, "message": message}
-
-    def _low_mfu(self, mfu: float) -> Event:
-        cfg, why = self.cfg, []
-        tokens = cfg.batch_size * cfg.block_size
-        if tokens < 16384:
-            why.append(f"micro-batches are small ({cfg.batch_size} x {cfg.block_size} = {tokens} tokens)")
-        if not self.compile:
-            why.append("torch.compile is off (compile=True)")
-        if self.dtype == "float32":
-            why.append("float32 (bfloat16 is several times faster on tensor cores)")
-        if self.model.config.n_embd < 512:
-            why.append(
-                f"the model is narrow (n_embd {self.model.config.n_embd}): kernels launch more than they compute"
-            )
-        return {
-            "type": "warning",
-            "ts": time.time(),
-            "code": "low_mfu",
-            "iter": self.iter_num,
-            "message": f"MFU is {mfu * 100:.1f}% of {self.device_name}'s {self.dtype} peak"
-            + (": " + "; ".join(why) if why else ""),
-        }
-
-    def _diverged(self, loss: float, lr: float) -> Iterator[Event]:
-        cfg = self.cfg
-        advice = [f"lower learning_rate (now {cfg.learning_rate:g})"]
-        if not cfg.grad_clip:
-            advice.append("set grad_clip (e.g. 1.0)")
-        if cfg.warmup_iters < 100:
-            advice.append(f"a longer warmup_iters (now {cfg.warmup_iters})")
-        msg = f"loss became {loss} at iter {self.iter_num} (lr {lr:.3g}): the run diverged"
-        yield {"type": "warning", "ts": time.time(), "code": "nan_loss", "iter": self.iter_num, "message": msg}
-        yield self._status("failed", f"{msg}. Try: {', or '.join(advice)}.")
-
-    def _started(self) -> Event:
-        where = f"{self.device_name or self.device.type} ({self.dtype}{', compiled' if self.compile else ''})"
+    # --- events -------------------------------------------------------------------------
+    def started(self) -> Event:
+        where = f"{self.device_name} ({self.dtype}{', compiled' if self.compile else ''})"
         reason = f"training {self.model.num_params(False) / 1e6:.2f}M parameters on {where}"
         if self.resumed_from is not None:
             reason = f"resumed from the checkpoint at iter {self.resumed_from}; " + reason
-        elif self.resume_missing:
+        elif self.cfg.init_from == "resume":
             reason = f"no checkpoint in {self.out_dir} to resume from: starting from scratch; " + reason
         ev = self._status("running", reason)
         ev.update(
-            device=self.device_name or self.device.type,
+            device=self.device_name,
             dtype=self.dtype,
             compile=self.compile,
             n_params=self.model.num_params(False),
@@ -459,4 +387,52 @@ class _Run:
         return ev
 
     def _status(self, status: str, reason: str) -> Event:
-        return {"type": "status", "ts": time.time(), "status": status, "reason": reason, "iter": self.iter_num}
+        return _event("status", status=status, reason=reason, iter=self.iter_num)
+
+    def _warning(self, code: str, message: str) -> Event:
+        return _event("warning", code=code, iter=self.iter_num, message=message)
+
+
+class _Watch:
+    """The smoothed MFU, and when a warning is due: each is said once, not at every eval or
+    step. Not checkpointed: a resumed run warms up and may warn again."""
+
+    def __init__(self, flops_per_iter: float, peak: float | None, first_iter: int, setup: dict[str, Any]):
+        self.flops_per_iter, self.peak, self.first_iter = flops_per_iter, peak, first_iter
+        self.setup = setup  # what readings.low_mfu names as likely reasons
+        self.mfu_avg: float | None = None
+        self.said_overfitting = False
+
+    def step(self, iter_num: int, step_ms: float) -> float | None:
+        """This step's MFU (None where the device's peak is unknown), folded into mfu_avg."""
+        if not self.peak:
+            return None
+        mfu = self.flops_per_iter / (step_ms / 1e3) / self.peak
+        if iter_num - self.first_iter >= MFU_WARMUP:
+            self.mfu_avg = mfu if self.mfu_avg is None else 0.9 * self.mfu_avg + 0.1 * mfu
+        return mfu
+
+    def low_mfu(self, iter_num: int) -> str | None:
+        """The low-MFU reading, once, LOW_MFU_AT iterations in."""
+        if iter_num - self.first_iter != LOW_MFU_AT or self.mfu_avg is None:
+            return None
+        return readings.low_mfu(self.mfu_avg, **self.setup)
+
+    def overfitting(self, evals: list[tuple[int, float, float]], best_val_loss: float) -> str | None:
+        """The overfitting reading, once until val loss sets a new best."""
+        message = None if self.said_overfitting else readings.overfitting(evals)
+        new_best = evals[-1][2] < best_val_loss
+        self.said_overfitting = (self.said_overfitting or message is not None) and not new_best
+        return message
+
+
+def _event(type_: str, **fields: Any) -> Event:
+    return {"type": type_, "ts": time.time(), **fields}
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -13,6 +13,7 @@ from api.db import Database, Run, dumps, event_row, insert_events
 from api.main import create_app
 from api.migrate import upgrade
 from api.settings import Settings
+from gpt.readings import overfitting
 from tests.helpers import free_port
 
 CFG = {"max_iters": 1000, "batch_size": 4, "block_size": 64, "n_embd": 128, "eval_interval": 100, "eval_iters": 200}
@@ -68,6 +69,8 @@ def test_overfitting_overhead_low_mfu_and_tokens_per_param(app: tuple[TestClient
     assert d["train_val_gap"] == pytest.approx(0.8) and d["gap_widening"] is True
     text = " | ".join(d["summary"])
     assert "overfitting" in text and "iter 200" in text  # the best val loss, 1.7, was at iter 200
+    evals = [(100, 2.0, 2.1), (200, 1.5, 1.7), (300, 1.2, 1.75), (400, 1.0, 1.8)]
+    assert overfitting(evals) in d["summary"]  # the training loop's own warning, word for word
     # 4 evals x 4 s in 20 s of training: evaluation dominates the wall time.
     assert d["overhead_share"] > 0.5 and "raise eval_interval (now 100)" in text
     assert d["mfu"] == pytest.approx(0.03)

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import itertools
+import json
 import subprocess
 import sys
 
 import pytest
 
-from gpt.config import ConfigError, TrainConfig, make_config, n_params
+from gpt.config import FIELDS, GROUPS, ConfigError, TrainConfig, describe, make_config, n_params
 
 
 def errors(**over: object) -> dict[str, str]:
@@ -69,5 +71,27 @@ def test_paths_refused_when_not_allowed(tmp_path) -> None:
 
 
 def test_config_imports_without_torch() -> None:
-    code = "import sys, gpt.config; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, gpt.config, gpt.readings; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_describe_lists_every_key_with_its_section_and_help() -> None:
+    fields = describe()
+    assert [f["name"] for f in fields] == list(FIELDS)  # train.py's order
+    assert json.loads(json.dumps(fields)) == fields  # plain JSON values, for the API
+    defaults = TrainConfig()
+    for f in fields:
+        assert f["group"] in GROUPS and f["help"], f
+        assert f["type"] == str(FIELDS[f["name"]].type) and f["default"] == getattr(defaults, f["name"])
+    by_name = {f["name"]: f for f in fields}
+    assert by_name["compile"]["type"] == "bool | None" and by_name["sample_prompts"]["type"] == "list[str]"
+    assert (by_name["out_dir"]["group"], by_name["bias"]["group"], by_name["seed"]["group"]) == ("I/O", "model", "ours")
+    # Sections in train.py's order, each in one piece.
+    assert [g for g, _ in itertools.groupby(f["group"] for f in fields)] == list(GROUPS)
+    assert by_name["bias"]["default"] is False and "False: a bit better and faster" in by_name["bias"]["help"]
+
+
+def test_each_config_has_its_own_list() -> None:
+    a, b = TrainConfig(), TrainConfig()
+    a.sample_prompts.append("ROMEO:")
+    assert b.sample_prompts == []

@@ -15,7 +15,8 @@ from gpt import sample
 from gpt.config import make_config
 from gpt.data import Dataset
 from gpt.flops import flops_per_token
-from gpt.train import lr_at, overfitting, train
+from gpt.readings import overfitting
+from gpt.train import LOW_MFU_AT, MFU_WARMUP, lr_at, train
 
 
 def run(cfg, data_dir: Path, **kw: Any) -> list[dict[str, Any]]:
@@ -76,6 +77,33 @@ def test_mfu_against_hand_count(tiny, data_dir: Path) -> None:
     for e in of(events, "iter"):
         assert e["mfu"] == pytest.approx(per_iter / (e["step_ms"] / 1e3) / 1e12)
     assert of(events, "iter")[-1]["mfu_avg"] is not None  # smoothed, after warm-up
+
+
+def test_low_mfu_warned_once_with_its_reasons(tiny, data_dir: Path) -> None:
+    # A peak no CPU reaches: the MFU is far below the threshold at every step.
+    events = run(tiny(max_iters=LOW_MFU_AT + 20, eval_interval=1000, peak_flops=1e18), data_dir)
+    iters = of(events, "iter")
+    assert all(e["mfu_avg"] is None for e in iters[:MFU_WARMUP]) and iters[MFU_WARMUP]["mfu_avg"] is not None
+    warnings = of(events, "warning")
+    assert [(w["code"], w["iter"]) for w in warnings] == [("low_mfu", LOW_MFU_AT)]
+    assert events.index(warnings[0]) == events.index(iters[LOW_MFU_AT]) + 1  # right after that iteration's line
+    assert "of cpu's peak: likely small micro-batches (4 x 32 = 128 tokens)" in warnings[0]["message"]
+    assert "a narrow model (n_embd 32)" in warnings[0]["message"]
+
+
+def test_before_save_refusing_leaves_no_checkpoint(tiny, data_dir: Path, tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def fence() -> None:
+        calls.append(1)
+        raise RuntimeError("lease lost")
+
+    events: list[dict[str, Any]] = []
+    with pytest.raises(RuntimeError, match="lease lost"):
+        for e in train(tiny(max_iters=20, out_dir=str(tmp_path / "o")), data_dir=data_dir, before_save=fence):
+            events.append(e)
+    assert calls == [1] and [e["iter"] for e in of(events, "eval")] == [0, 10]  # the save at iter 10
+    assert not list((tmp_path / "o").iterdir())  # neither ckpt.pt nor a temp file
 
 
 def test_timing_excludes_eval_and_checkpoint(tiny, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
