@@ -8,10 +8,6 @@ so it needs no key. `check_config` is every check POST /runs makes of a config.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import re
-from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter
@@ -30,7 +26,7 @@ router = APIRouter(prefix="/config", tags=["config"])
 SERVER_SET = {
     "out_dir": "chosen by the server: runs/<id> under its data directory",
 }
-# Where the comment in gpt/config.py says something that is not so through the API.
+# Where gpt/config.py's help says something that is not so through the API.
 HELP = {
     "dataset": "a built-in dataset; choosing one applies its recipe (a text file's path works on the command line only)",
 }
@@ -76,40 +72,19 @@ class Validation(BaseModel):
     config: dict[str, Any] | None = Field(description="the config filled in as the run would get it")
 
 
-@lru_cache
-def _comments() -> dict[str, tuple[str, str | None]]:
-    """Field -> (section, trailing comment), read from TrainConfig's source: the comments
-    are its documentation. Empty when the source is not available."""
-    try:
-        source = inspect.getsource(train_config.TrainConfig)
-    except (OSError, TypeError):
-        return {}
-    out: dict[str, tuple[str, str | None]] = {}
-    group = "other"
-    for line in source.splitlines()[1:]:
-        if section := re.fullmatch(r"\s+#\s*(?:---\s*)?(.+?)\s*(?:-+)?", line):
-            group = section.group(1)
-        elif field := re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", line):
-            out[field.group(1)] = (group, field.group(2) or None)
-    return out
-
-
 def _fields() -> list[ConfigField]:
-    defaults = dataclasses.asdict(train_config.TrainConfig())
-    notes = _comments()
     out = []
-    for name, f in train_config.FIELDS.items():
-        group, help_ = notes.get(name, ("other", None))
-        choices = CHOICES.get(name)
+    for f in train_config.describe():
+        choices = CHOICES.get(f["name"])
         out.append(
             ConfigField(
-                name=name,
-                type=str(f.type),
-                default=defaults[name],
-                group=group,
-                help=HELP.get(name, help_),
+                name=f["name"],
+                type=f["type"],
+                default=f["default"],
+                group=f["group"],
+                help=HELP.get(f["name"], f["help"]),
                 choices=list(choices) if choices else None,
-                server_set=SERVER_SET.get(name),
+                server_set=SERVER_SET.get(f["name"]),
             )
         )
     return out
