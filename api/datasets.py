@@ -35,7 +35,7 @@ from api.lifecycle import ACTIVE, FAILED, PREPARING, READY
 from api.limits import invalid
 from api.queue import PREPARE_QUEUE, PREPARE_TASK
 from api.settings import Settings
-from gpt.config import BUILTIN_DATASETS
+from gpt.config import BUILTIN_DATASETS, Corpus
 
 COPY_BYTES = 4 << 20
 TOKENIZERS = ("char", "gpt2")
@@ -269,22 +269,26 @@ def remove(db: Database, settings: Settings, owner: str | None, dataset_id: str)
 # --- what a run records ------------------------------------------------------------------------
 
 
-def for_run(s: Session, owner: str | None, ref: str, block_size: int) -> tuple[Dataset | None, str | None]:
-    """The dataset a run's config names, or why it cannot train on it: unknown to this owner,
-    not ready, or a split shorter than block_size + 1 tokens."""
-    ds = find(s, owner, ref)
-    if ds is None:
-        known = ", ".join(BUILTIN_DATASETS)
-        return None, f"unknown dataset {ref!r}: not one of yours (by id or name), nor built in ({known})"
-    if ds.status != READY:
-        return ds, not_ready(ds)
-    for split, n in (("train", ds.train_tokens or 0), ("val", ds.val_tokens or 0)):
-        if n < block_size + 1:
-            return ds, (
-                f"dataset {ds.name!r}: its {split} split has {n} tokens, fewer than block_size + 1 ({block_size + 1}); "
-                "lower block_size, or bring more text (or a larger val_fraction)"
-            )
-    return ds, None
+class Lookup:
+    """config.dataset, when it is not built in, as the caller's own dataset (by id or name):
+    a gpt.config.Corpus for make_config, or ValueError saying why it cannot be trained on.
+    Keeps what it found, for the run to record."""
+
+    def __init__(self, db: Database, owner: str | None):
+        self.db, self.owner = db, owner
+        self.found: Dataset | None = None
+
+    def __call__(self, ref: str) -> Corpus:
+        with self.db.session() as s:
+            ds = find(s, self.owner, ref)
+        if ds is None:
+            known = ", ".join(BUILTIN_DATASETS)
+            raise ValueError(f"unknown dataset {ref!r}: not one of yours (by id or name), nor built in ({known})")
+        if ds.status != READY:
+            raise ValueError(not_ready(ds))
+        self.found = ds
+        assert ds.tokenizer and ds.vocab_size is not None  # set when it became ready
+        return Corpus(ds.tokenizer, ds.vocab_size, ds.train_tokens or 0, ds.val_tokens or 0)
 
 
 def meta(settings: Settings, ds: Dataset) -> dict[str, Any]:

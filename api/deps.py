@@ -92,9 +92,17 @@ async def _owner(caller: Annotated[Caller, Depends(http_caller)]) -> str | None:
     return caller.owner
 
 
+async def _maybe_caller(conn: HTTPConnection, db: DbDep, settings: SettingsDep) -> Caller | None:
+    try:
+        return await identify(db, conn.scope, settings.allow_open, conn.headers.get("authorization"), None)
+    except Refused:
+        return None
+
+
 CallerDep = Annotated[Caller, Depends(http_caller)]
 SocketCallerDep = Annotated[Caller | Refused, Depends(socket_caller)]
 Owner = Annotated[str | None, Depends(_owner)]  # the key's name; None in open mode
+MaybeCaller = Annotated[Caller | None, Depends(_maybe_caller)]  # for routes that need no key: None without one
 
 
 # --- runs as their owner sees them ------------------------------------------------------------

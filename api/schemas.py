@@ -44,6 +44,11 @@ def iso(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, UTC)
 
 
+class TrainedOn(BaseModel):
+    id: str = Field(description="the dataset's id (config.dataset holds it too)")
+    sha256: str = Field(description="of the bytes it was prepared from")
+
+
 class RunPublic(BaseModel):
     id: str
     name: str | None
@@ -53,6 +58,7 @@ class RunPublic(BaseModel):
     attempt: int = Field(description="how many times a worker has started this run (resumes included)")
     restarts: int = Field(description="times the run was resumed after losing its worker")
     max_restarts: int | None
+    dataset: TrainedOn | None = Field(description="the dataset of yours it trains on; null for a built-in one")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -68,6 +74,7 @@ class RunPublic(BaseModel):
             attempt=run.attempt,
             restarts=run.restarts,
             max_restarts=run.max_restarts,
+            dataset=TrainedOn(id=run.dataset_id, sha256=run.dataset_sha256 or "") if run.dataset_id else None,
             created_at=iso(run.created_at),  # type: ignore[arg-type]
             started_at=iso(run.started_at),
             finished_at=iso(run.finished_at),

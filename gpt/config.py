@@ -96,7 +96,11 @@ class TrainConfig:
     always_save_checkpoint: bool = _io(True, "else only when val loss improves")
     init_from: str = _io("scratch", "'scratch' or 'resume' (from out_dir/ckpt.pt)")
 
-    dataset: str = _data("shakespeare_char", "built-in name, or a path to a UTF-8 text file")
+    dataset: str = _data(
+        "shakespeare_char",
+        "built-in name; through the API a dataset of yours (its id or name); on the command line a path: "
+        "a UTF-8 text file, or a prepared directory (train.bin, val.bin, and meta.pkl for characters)",
+    )
     gradient_accumulation_steps: int = _data(40, "nanoGPT's 5 * 8 (it divides by world size; we run one process)")
     batch_size: int = _data(12, "micro-batch size when gradient_accumulation_steps > 1")
     block_size: int = _data(1024, "context length, in tokens")
@@ -247,17 +251,30 @@ def n_params(cfg: TrainConfig, vocab_size: int | None = None) -> int:
     return v * d + cfg.block_size * d + cfg.n_layer * per_layer + d * (1 + b)
 
 
+@dataclass(frozen=True)
+class Corpus:
+    """What a config needs to know of a prepared dataset that is not built in."""
+
+    tokenizer: str
+    vocab_size: int
+    train_tokens: int
+    val_tokens: int
+
+
 def make_config(
     overrides: dict[str, Any] | None = None,
     *,
     max_params: int | None = None,
     allow_paths: bool = True,
+    corpus: Callable[[str], Corpus] | None = None,
 ) -> TrainConfig:
     """Build a validated TrainConfig from user keys (JSON values or command-line strings).
 
     Raises ConfigError naming every bad field and why. `max_params` is a limit on the
     model's size set by whoever runs the service; `allow_paths` lets `dataset` name a
-    local text file (the command line does; a remote API should not).
+    local file or prepared directory (the command line does; a remote API should not);
+    `corpus` looks up any other dataset name (the API: the caller's own datasets), raising
+    ValueError with the reason when it cannot be trained on.
     """
     overrides = dict(overrides or {})
     errors: dict[str, str] = {}
@@ -273,22 +290,43 @@ def make_config(
                 errors[key] = f"{e} (got {raw!r})"
 
     dataset = values.get("dataset", TrainConfig.dataset)
+    found: Corpus | None = None
     if "dataset" not in errors:
         if dataset in BUILTIN_DATASETS:
             values = {**BUILTIN_DATASETS[dataset]["recipe"], **values}
-        elif not (allow_paths and os.path.isfile(dataset)):
+        elif allow_paths and os.path.exists(dataset):
+            pass
+        elif corpus is not None:
+            try:
+                found = corpus(dataset)
+            except ValueError as e:
+                errors["dataset"] = str(e)
+        else:
             known = ", ".join(BUILTIN_DATASETS)
             errors["dataset"] = f"unknown dataset {dataset!r}; choose one of: {known}" + (
-                ", or a path to a UTF-8 text file" if allow_paths else ""
+                ", or a path to a UTF-8 text file or a prepared directory" if allow_paths else ""
             )
+    if found is not None:
+        if values.get("tokenizer") not in (None, found.tokenizer):
+            errors["tokenizer"] = f"the dataset is tokenized with {found.tokenizer}; leave tokenizer out"
+        values["tokenizer"] = found.tokenizer
     cfg = TrainConfig(**{k: v for k, v in values.items() if k not in errors})
-    errors.update({k: v for k, v in check(cfg, max_params=max_params).items() if k not in errors})
+    vocab = found.vocab_size if found else None
+    errors.update({k: v for k, v in check(cfg, max_params=max_params, vocab_size=vocab).items() if k not in errors})
+    if found is not None and "block_size" not in errors and "dataset" not in errors:
+        for split, n in (("train", found.train_tokens), ("val", found.val_tokens)):
+            if n < cfg.block_size + 1:
+                errors["dataset"] = (
+                    f"its {split} split has {n} tokens, fewer than block_size + 1 ({cfg.block_size + 1}): "
+                    "lower block_size, or bring more text (or a larger val_fraction)"
+                )
+                break
     if errors:
         raise ConfigError(errors)
     return cfg
 
 
-def check(cfg: TrainConfig, *, max_params: int | None = None) -> dict[str, str]:
+def check(cfg: TrainConfig, *, max_params: int | None = None, vocab_size: int | None = None) -> dict[str, str]:
     """Field -> reason for every value that cannot train; empty when the config is good."""
     e: dict[str, str] = {}
     positive = ["eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size"]
@@ -335,7 +373,7 @@ def check(cfg: TrainConfig, *, max_params: int | None = None) -> dict[str, str]:
     if not cfg.out_dir:
         e["out_dir"] = "must not be empty"
     if max_params is not None and not e:
-        n = n_params(cfg)
+        n = n_params(cfg, vocab_size)
         if n > max_params:
             e["n_layer"] = (
                 f"model too large: {n / 1e6:.2f}M parameters exceeds the limit of {max_params / 1e6:.2f}M "

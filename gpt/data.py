@@ -2,7 +2,9 @@
 
 The built-in text (tiny Shakespeare) ships inside the package; any UTF-8 text file works
 the same way. Prepared arrays are cached under a directory keyed by the text's content
-and the tokenizer, written atomically, so concurrent workers can share the cache.
+and the tokenizer, written atomically, so concurrent workers can share the cache. A
+directory is taken as prepared already: one of gpt.prepare's (with its meta.json), or a
+nanoGPT data directory (train.bin, val.bin, and meta.pkl for a character vocabulary).
 """
 
 from __future__ import annotations
@@ -61,8 +63,29 @@ class Dataset:
         return x.contiguous().to(device), y.contiguous().to(device)
 
 
+def open_prepared(d: Path) -> Dataset:
+    """A directory of train.bin and val.bin, with the tokenizer its meta.json or meta.pkl names
+    (neither: GPT-2's, as nanoGPT assumes)."""
+    if (d / "meta.json").exists():
+        tok = from_meta(json.loads((d / "meta.json").read_text())["tokenizer"])
+    elif (d / "meta.pkl").exists():
+        from gpt.prepare import char_tokenizer, read_meta_pkl
+
+        tok = char_tokenizer(read_meta_pkl((d / "meta.pkl").read_bytes()))
+    else:
+        tok = GPT2Tokenizer()
+    return Dataset(
+        train=np.memmap(d / "train.bin", dtype=np.uint16, mode="r"),
+        val=np.memmap(d / "val.bin", dtype=np.uint16, mode="r"),
+        tokenizer=tok,
+    )
+
+
 def prepare(dataset: str, tokenizer: str, cache_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """Tokenize the dataset's text (once; later calls read the cache) and open it."""
+    """Tokenize the dataset's text (once; later calls read the cache) and open it; a prepared
+    directory is opened as it is."""
+    if dataset not in BUILTIN_DATASETS and Path(dataset).is_dir():
+        return open_prepared(Path(dataset))
     src = source_path(dataset)
     raw = src.read_bytes()
     key = hashlib.sha256(raw + tokenizer.encode()).hexdigest()[:16]
@@ -79,12 +102,7 @@ def prepare(dataset: str, tokenizer: str, cache_dir: str | os.PathLike[str] | No
             _atomic_write(out / f"{split}.bin", np.array(tok.encode(part), dtype=np.uint16).tobytes())
         meta: dict[str, Any] = {"tokenizer": tok.meta(), "source": str(src.name)}
         _atomic_write(meta_path, json.dumps(meta).encode())  # last: marks the directory complete
-    meta = json.loads(meta_path.read_text())
-    return Dataset(
-        train=np.memmap(out / "train.bin", dtype=np.uint16, mode="r"),
-        val=np.memmap(out / "val.bin", dtype=np.uint16, mode="r"),
-        tokenizer=from_meta(meta["tokenizer"]),
-    )
+    return open_prepared(out)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -534,7 +534,7 @@ def _from_nanogpt(src: Path, out_dir: Path, tokenizer: str | None, max_bytes: in
         raise PrepareError(f"the archive has no {' or '.join(missing)} (a nanoGPT data directory has both)")
     tok: Tokenizer
     if meta is not None:
-        tok = _char_from_meta(meta)
+        tok = char_tokenizer(meta)
         if tokenizer == "gpt2":
             raise PrepareError("the archive has a meta.pkl (a character vocabulary), but tokenizer is gpt2")
     else:
@@ -593,7 +593,8 @@ def read_meta_pkl(data: bytes) -> dict[str, Any]:
     return meta
 
 
-def _char_from_meta(meta: dict[str, Any]) -> CharTokenizer:
+def char_tokenizer(meta: dict[str, Any]) -> CharTokenizer:
+    """The character vocabulary of a nanoGPT meta.pkl (as read_meta_pkl returns it)."""
     itos = meta.get("itos")
     if not isinstance(itos, dict) or not itos:
         raise PrepareError("meta.pkl has no 'itos' mapping of token ids to characters")

@@ -6,13 +6,14 @@ import logging
 import threading
 import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import redis
 from celery import signals
 
 from api import lifecycle
-from api.db import Database, Run
+from api.db import Database, Dataset, Run
 from api.lifecycle import CANCELLED, FAILED, QUEUED, is_final
 from api.queue import TRAIN_TASK
 from api.settings import get_settings, usable_cores
@@ -73,7 +74,9 @@ def train(run_id: str) -> None:
         overrides = {**run.config, "out_dir": str(out_dir)}
         if run.attempt > 1:
             overrides["init_from"] = "resume"  # from the newest checkpoint, or from scratch if none
-        cfg = make_config(overrides, max_params=settings.max_params, allow_paths=False)
+        if run.dataset_id:  # the API checked it is the owner's and ready; a run in use cannot be deleted
+            overrides["dataset"] = str(_prepared(db, run.dataset_id))
+        cfg = make_config(overrides, max_params=settings.max_params, allow_paths=run.dataset_id is not None)
         from gpt.train import train as train_loop  # torch: the worker warmed it up at start
 
         events = train_loop(
@@ -129,6 +132,15 @@ def train(run_id: str) -> None:
         except Exception as e:  # the run is `queued` in the database: the reaper sends it again
             log.warning("run %s: could not requeue it (%s); the API's reaper will", run_id, e)
     log.info("run %s: attempt %d done", run_id, run.attempt)
+
+
+def _prepared(db: Database, dataset_id: str) -> Path:
+    """Where a user's dataset was prepared (its directory under the data directory)."""
+    with db.session() as s:
+        ds = s.get(Dataset, dataset_id)
+    if ds is None:
+        raise RuntimeError(f"dataset {dataset_id} is gone")
+    return (get_settings().datasets_dir() / ds.content_key).resolve()
 
 
 def _requeue_reason(ev: dict[str, Any]) -> str:

@@ -8,17 +8,19 @@ so it needs no key. `check_config` is every check POST /runs makes of a config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, ValidationError
 
 from api.auth import open_mode
-from api.deps import DbDep, SettingsDep
+from api.datasets import Lookup
+from api.deps import DbDep, MaybeCaller, SettingsDep
 from api.schemas import RunCreate
 from api.settings import Settings
 from gpt import config as train_config
-from gpt.config import ConfigError, TrainConfig, make_config
+from gpt.config import ConfigError, Corpus, TrainConfig, make_config
 
 router = APIRouter(prefix="/config", tags=["config"])
 
@@ -105,7 +107,7 @@ def config_defaults(db: DbDep, settings: SettingsDep) -> ConfigDefaults:
 
 
 @router.post("/validate", response_model=Validation)
-def validate(body: dict[str, Any], settings: SettingsDep) -> Validation:
+def validate(body: dict[str, Any], db: DbDep, settings: SettingsDep, caller: MaybeCaller) -> Validation:
     """Check a POST /runs body without creating a run: always 200, with the errors by field
     that POST /runs would answer with a 422, or the config the run would get. For forms
     (the dashboard checks before it submits), and for scripts that want to know first."""
@@ -114,17 +116,21 @@ def validate(body: dict[str, Any], settings: SettingsDep) -> Validation:
     except ValidationError as e:
         errors = [{"type": err["type"], "loc": ["body", *err["loc"]], "msg": err["msg"]} for err in e.errors()]
         return Validation(ok=False, errors=errors, config=None)
-    cfg, errors = check_config(run.config, settings)
+    # Your own datasets are known only with your key (the check needs none for the rest).
+    cfg, errors = check_config(run.config, settings, Lookup(db, caller.owner) if caller else None)
     if cfg is None:  # without the inputs: they may be what JSON cannot hold (inf)
         return Validation(ok=False, errors=[{k: v for k, v in e.items() if k != "input"} for e in errors], config=None)
     return Validation(ok=True, errors=[], config=cfg.to_dict())
 
 
-def check_config(config: dict[str, Any], settings: Settings) -> tuple[TrainConfig | None, list[dict[str, Any]]]:
+def check_config(
+    config: dict[str, Any], settings: Settings, corpus: Callable[[str], Corpus] | None = None
+) -> tuple[TrainConfig | None, list[dict[str, Any]]]:
     """The config filled in, or the errors by field (FastAPI's 422 items): every check
-    POST /runs makes of a config, for it and for POST /config/validate."""
+    POST /runs makes of a config, for it and for POST /config/validate. `corpus` finds the
+    caller's own datasets (api.datasets.Lookup)."""
     try:
-        cfg = make_config(config, max_params=settings.max_params, allow_paths=False)
+        cfg = make_config(config, max_params=settings.max_params, allow_paths=False, corpus=corpus)
     except ConfigError as e:
         loc = ("body", "config")
         return None, [

@@ -20,6 +20,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import lifecycle
+from api.datasets import Lookup
 from api.db import Database, R, Run, tail_seq
 from api.deps import NOT_FOUND, CeleryDep, DbDep, Owner, RedisDep, RunId, SettingsDep, load_run, visible
 from api.diagnostics import diagnose
@@ -58,7 +59,8 @@ def create_run(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunPublic:
     """Queue a training run. The config is validated now; a bad key is a 422 naming it and why."""
-    cfg, errors = check_config(body.config, settings)
+    lookup = Lookup(db, owner)
+    cfg, errors = check_config(body.config, settings, lookup)
     if cfg is None:
         raise RequestValidationError(errors)
     digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
@@ -70,10 +72,15 @@ def create_run(
     run_id = secrets.token_hex(8)
     config = cfg.to_dict()
     config["out_dir"] = f"runs/{run_id}"  # the server chooses: under its data directory
+    ds = lookup.found
+    if ds is not None:
+        config["dataset"] = ds.id  # by id: a name may later name another dataset
     run = Run(
         id=run_id,
         name=body.name,
         config=config,
+        dataset_id=ds.id if ds else None,
+        dataset_sha256=ds.sha256 if ds else None,
         max_restarts=body.max_restarts,
         owner=owner,
         idempotency_key=scoped_key,
