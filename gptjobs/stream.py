@@ -116,11 +116,13 @@ class EventStream:
                         self._note(f"reconnected; continuing after seq {self.last_seq}", lost=False)
                     for ev in self._events_of(ws):
                         failures = 0
-                        yield ev
                         if ev["type"] == "status" and ev.get("status") in TERMINAL:
                             self.final = ev
+                        yield ev
+                        if self.final is not None:
                             return
-                # Closed normally with nothing after last_seq: the run may have ended before it.
+                # Closed normally before a final status: the run ended at or before `after`, or the
+                # server is going away.
                 run = self._t.json("GET", f"/runs/{self.run_id}")
                 if run["status"] in TERMINAL:
                     self.final = {

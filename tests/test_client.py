@@ -29,7 +29,7 @@ from websockets.sync.server import serve
 import gptjobs
 from api import client
 from api.client import Bar, ClientError, add_client_commands, config_from_args
-from gptjobs import EventStream, Run
+from gptjobs import Run
 from gptjobs import stream as stream_module
 from gptjobs.errors import from_response
 from gptjobs.sampling import sse_events
@@ -326,8 +326,13 @@ def test_stream_endings_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
 
     fake = FakeServer(_history(5), script)
     fake.http["/runs/r"] = (200, json.dumps({"id": "r", "status": "succeeded", "reason": "done"}))
+    fake.http["/runs/quiet"] = (200, json.dumps({"id": "quiet", "status": "running", "progress": {"last_seq": 3}}))
     try:
         with gptjobs.Client(fake.url) as c:
+            whole = c.runs.stream("r")
+            last = next(ev for ev in whole if ev["type"] == "status")  # leaving at the final event
+            whole.close()
+            assert whole.final == last and last["seq"] == 5
             late = c.runs.stream("r", after=99)  # nothing after 99: the run's row says it ended
             assert list(late) == [] and late.final == {
                 "type": "status",
@@ -340,8 +345,8 @@ def test_stream_endings_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
             assert e.value.status == 404
             t0 = time.monotonic()
             with pytest.raises(gptjobs.Timeout, match="had not ended"):
-                list(EventStream(c._transport, "quiet", deadline=time.monotonic() + 0.5))
-            assert time.monotonic() - t0 < 5
+                c.runs.wait("quiet", timeout=0.5)
+            assert time.monotonic() - t0 < 5 and fake.afters[-1] == 3  # followed from the run's newest seq
     finally:
         fake.close()
 
