@@ -4,7 +4,7 @@ VENV ?= .venv
 # The CPU build of torch, from this machine's disk; on a GPU box: make up TORCH=torch
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
-CHECK := gpt api worker migrations
+CHECK := gpt api worker migrations gptjobs
 
 .PHONY: install dev up train test lint clean
 

@@ -1,5 +1,9 @@
 """The service from a terminal: `gptjobs submit|list|show|watch|log|cancel|sample`.
 
+A front end over the Python client (the `gptjobs` package): this module reads the command
+line and draws the terminal (the watch bar, nanoGPT's log lines); the requests, the error
+mapping and the WebSocket that resumes from the last seq are the library's.
+
 Every command takes `--server` (env GPTJOBS_SERVER, default http://127.0.0.1:8000) and
 `--key` (env GPTJOBS_KEY), sent as `Authorization: Bearer <key>` on HTTP and WebSocket.
 
@@ -11,7 +15,7 @@ Exit codes:
     4    the server refused (any other 4xx or 5xx) or could not be reached
     130  Ctrl-C (a watched run goes on; `gptjobs cancel RUN` stops it)
 
-Torch-free, like the rest of api/.
+Torch-free, like the rest of api/: gpt.config and gpt.logfmt import no torch.
 """
 
 from __future__ import annotations
@@ -25,86 +29,33 @@ import sys
 import textwrap
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-from websockets.sync.client import connect
-
+import gptjobs
 from gpt.config import FIELDS, TrainConfig
 from gpt.logfmt import format_event
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_ERROR, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 WATCH_EXIT = {"succeeded": 0, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 NANOGPT_ONLY = {"wandb_log", "wandb_project", "wandb_run_name", "backend"}  # train.py keys with no meaning here
-RECONNECT_GIVE_UP_S = 120.0  # watch stops reconnecting after this long without an event
+SAMPLE_OPTIONS = ("max_new_tokens", "temperature", "top_k", "seed", "num_samples")  # sent only when given
 REDRAW_S = 0.1  # the bar is redrawn at most this often (a replayed history is thousands of events)
 
 
 class ClientError(Exception):
+    """A usage error found here, before any request (a config file that cannot be read)."""
+
     def __init__(self, message: str, code: int = EXIT_ERROR):
         super().__init__(message)
         self.code = code
 
 
-def _problem(resp: httpx.Response) -> ClientError:
-    """The server's answer as one readable message: FastAPI's `detail`, or a 422's fields."""
-    try:
-        detail = resp.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = " ".join(resp.text.split())[:300] or None  # a proxy's HTML page, on one line
-    if resp.status_code == 422 and isinstance(detail, list):
-        fields = [
-            f"  {'.'.join(str(p) for p in e.get('loc', []) if p not in ('body', 'query', 'path'))}: {e.get('msg')}"
-            for e in detail
-        ]
-        return ClientError("the server refused the request (422):\n" + "\n".join(fields), EXIT_USAGE)
-    return ClientError(f"{resp.status_code} {resp.reason_phrase}: {detail or '(no detail)'}")
-
-
-class Client:
-    def __init__(self, server: str, key: str | None):
-        self.server = (server if "://" in server else f"http://{server}").rstrip("/")  # localhost:8000 too
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=self.server, headers=self.headers, timeout=30)
-
-    def _unreachable(self, e: Exception) -> ClientError:
-        return ClientError(f"cannot reach the server at {self.server}: {e}")
-
-    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            resp = self.http.request(method, path, **kw)
-        except (httpx.HTTPError, httpx.InvalidURL) as e:
-            raise self._unreachable(e) from None
-        if resp.status_code >= 400:
-            raise _problem(resp)
-        return resp
-
-    def json(self, method: str, path: str, **kw: Any) -> Any:
-        resp = self.call(method, path, **kw)
-        try:
-            return resp.json()
-        except ValueError:
-            raise ClientError(f"{self.server} answered {method} {path} with something other than JSON") from None
-
-    @contextmanager
-    def stream(self, method: str, path: str, **kw: Any) -> Iterator[httpx.Response]:
-        """A response read as it arrives (no read timeout: a followed log may be quiet for long)."""
-        try:
-            with self.http.stream(method, path, timeout=httpx.Timeout(30, read=None), **kw) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise _problem(resp)
-                yield resp
-        except (httpx.HTTPError, httpx.InvalidURL) as e:
-            raise self._unreachable(e) from None
-
-    def ws_url(self, path: str) -> str:
-        return "ws" + self.server.removeprefix("http") + path  # http -> ws, https -> wss
+def exit_code(e: gptjobs.GptjobsError) -> int:
+    """The server's 422 is bad input; anything else it refused, or not reaching it, is 4."""
+    return EXIT_USAGE if isinstance(e, gptjobs.ValidationError) else EXIT_ERROR
 
 
 # --- submit -----------------------------------------------------------------------------------
@@ -163,14 +114,9 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     client = _client(args)
-    body: dict[str, Any] = {"config": config_from_args(args)}
-    if args.name is not None:
-        body["name"] = args.name
-    if args.max_restarts is not None:
-        body["max_restarts"] = args.max_restarts
-    run = client.json("POST", "/runs", json=body)
-    print(run["id"], flush=True)
-    return watch(client, run["id"], mode=_mode(args)) if args.watch else 0
+    run = client.runs.create(config_from_args(args), name=args.name, max_restarts=args.max_restarts)
+    print(run.id, flush=True)
+    return watch(client, run.id, mode=_mode(args)) if args.watch else 0
 
 
 # --- list and show ----------------------------------------------------------------------------
@@ -187,43 +133,38 @@ def duration(s: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02}:{s % 60:02}"
 
 
-def ago(iso: str | None) -> str:
-    if not iso:
+def ago(when: datetime | None) -> str:
+    if when is None:
         return "-"
-    s = max(0, (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds())
+    s = max(0, (datetime.now(UTC) - when).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= size:
             return f"{int(s // size)}{unit}"
     return f"{int(s)}s"
 
 
-def _iters(run: dict[str, Any], percent: bool = False) -> str:
+def _iters(run: gptjobs.Run, percent: bool = False) -> str:
     """Iterations done, of max_iters: the last reported iter is the (iter+1)-th step."""
-    p, total = run["progress"], run["progress"].get("max_iters")
-    done = p["iter"] + 1 if isinstance(p.get("iter"), int) else 0
-    if run["status"] == "succeeded" and isinstance(total, int) and not run["config"].get("eval_only"):
+    it, total = run.progress.iter, run.progress.max_iters
+    done = it + 1 if isinstance(it, int) else 0
+    if run.status == "succeeded" and isinstance(total, int) and not run.config.get("eval_only"):
         done = total  # all of them, whatever log_interval let through
     pct = f"  ({min(1.0, done / total):.0%})" if percent and isinstance(total, int) and total > 0 else ""
     return f"{done}/{_fmt(total, 'd')}{pct}"
 
 
-def _when(iso: str | None) -> str | None:
-    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S") if iso else None
+def _when(when: datetime | None) -> str | None:
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    client = _client(args)
-    params: dict[str, Any] = {"limit": args.limit}
-    if args.status:
-        params["status"] = args.status
-    runs = client.json("GET", "/runs", params=params)["runs"]
+    runs = _client(args).runs.list(status=args.status, limit=args.limit).runs
     rows = [["ID", "NAME", "STATUS", "ITER", "LOSS", "BEST VAL", "AGE"]]
     for r in runs:
-        p = r["progress"]
-        name = r["name"] or "-"
+        name = r.name or "-"
         name = name if len(name) <= 24 else name[:23] + "…"
-        loss, best = _fmt(p.get("loss"), ".4f"), _fmt(p.get("best_val_loss"), ".4f")
-        rows.append([r["id"], name, r["status"], _iters(r), loss, best, ago(r["created_at"])])
+        loss, best = _fmt(r.progress.loss, ".4f"), _fmt(r.progress.best_val_loss, ".4f")
+        rows.append([r.id, name, r.status, _iters(r), loss, best, ago(r.created_at)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {3, 4, 5, 6}
     for row in rows:
@@ -235,35 +176,35 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = _client(args).json("GET", f"/runs/{args.run}")
+    run = _client(args).runs.get(args.run)
     if args.json:
-        print(json.dumps(run, indent=2))
+        print(json.dumps(run.raw, indent=2))
         return 0
-    p = run["progress"]
-    restarts = f"{run['restarts']}/{run['max_restarts'] if run['max_restarts'] is not None else 'default'}"
+    p = run.progress
+    restarts = f"{run.restarts}/{run.max_restarts if run.max_restarts is not None else 'default'}"
     lines = [
-        ("run", run["id"] + (f"  {run['name']!r}" if run["name"] else "")),
-        ("status", f"{run['status']}  (attempt {run['attempt']}, restarts {restarts})"),
-        ("reason", run["reason"]),
-        ("created", f"{_when(run['created_at'])}  ({ago(run['created_at'])} ago)"),
-        ("started", _when(run["started_at"])),
-        ("finished", _when(run["finished_at"])),
+        ("run", run.id + (f"  {run.name!r}" if run.name else "")),
+        ("status", f"{run.status}  (attempt {run.attempt}, restarts {restarts})"),
+        ("reason", run.reason),
+        ("created", f"{_when(run.created_at)}  ({ago(run.created_at)} ago)"),
+        ("started", _when(run.started_at)),
+        ("finished", _when(run.finished_at)),
         ("iter", _iters(run, percent=True)),
-        ("loss", f"{_fmt(p.get('loss'), '.4f')}  (lr {_fmt(p.get('lr'), '.3g')})"),
-        ("val loss", f"best {_fmt(p.get('best_val_loss'), '.4f')}, last {_fmt(p.get('last_val_loss'), '.4f')}"),
-        ("step", f"{_fmt(p.get('median_step_ms'), '.2f')} ms (median)  {_fmt(p.get('tokens_per_s'), ',.0f')} tok/s"),
-        ("mfu", _fmt(p.get("mfu"), ".2%", "n/a")),
-        ("tokens", _fmt(p.get("tokens_seen"), ",d")),
-        ("eta", duration(p["eta_s"]) if p.get("eta_s") is not None else None),
+        ("loss", f"{_fmt(p.loss, '.4f')}  (lr {_fmt(p.lr, '.3g')})"),
+        ("val loss", f"best {_fmt(p.best_val_loss, '.4f')}, last {_fmt(p.last_val_loss, '.4f')}"),
+        ("step", f"{_fmt(p.median_step_ms, '.2f')} ms (median)  {_fmt(p.tokens_per_s, ',.0f')} tok/s"),
+        ("mfu", _fmt(p.mfu, ".2%", "n/a")),
+        ("tokens", _fmt(p.tokens_seen, ",d")),
+        ("eta", duration(p.eta_s) if p.eta_s is not None else None),
     ]
     for label, value in lines:
         if value is not None:
             print(f"{label:<10} {value}")
-    for w in p.get("warnings") or []:
-        print(f"{'warning':<10} [{w['code']}] at iter {w['iter']}: {w['message']}")
-    for finding in (run.get("diagnostics") or {}).get("summary") or []:  # how the run is going, read for you
+    for w in p.warnings:
+        print(f"{'warning':<10} [{w.code}] at iter {w.iter}: {w.message}")
+    for finding in run.diagnostics.summary if run.diagnostics else []:  # how the run is going, read for you
         print(f"{'reading':<10} {finding}")
-    cfg = run["config"]
+    cfg = run.config
     text = " ".join(f"{k}={cfg[k]!r}" for k in sorted(cfg))
     width = max(40, shutil.get_terminal_size().columns - 1)
     print(textwrap.fill(text, width, initial_indent=f"{'config':<10} ", subsequent_indent=" " * 11))
@@ -276,7 +217,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 class Lines:
     """Not a terminal: the events as nanoGPT's log lines; notes on stderr."""
 
-    def __init__(self, run: dict[str, Any], out: TextIO):
+    def __init__(self, run: gptjobs.Run, out: TextIO):
         self.out = out
 
     def event(self, ev: dict[str, Any], raw: str) -> None:
@@ -300,10 +241,10 @@ class JsonLines(Lines):
 class Bar(Lines):
     """A terminal: one redrawn progress line, with everything else printed above it."""
 
-    def __init__(self, run: dict[str, Any], out: TextIO):
+    def __init__(self, run: gptjobs.Run, out: TextIO):
         super().__init__(run, out)
-        self.max_iters: int | None = run["config"].get("max_iters")
-        self.status = run["status"]
+        self.max_iters: int | None = run.config.get("max_iters")
+        self.status = run.status
         self.done = 0  # iterations finished
         self.loss: float | None = None
         self.val: float | None = None
@@ -395,65 +336,17 @@ def _mode(args: argparse.Namespace) -> str:
     return "json" if args.json else "bar" if sys.stdout.isatty() else "lines"
 
 
-def follow(
-    client: Client,
-    run_id: str,
-    after: int,
-    on_event: Callable[[dict[str, Any], str], None],
-    note: Callable[[str], None],
-) -> dict[str, Any]:
-    """Every event after `after` from the WebSocket until the run's final status, which it
-    returns. A dropped connection is retried with backoff from the last seq seen, so nothing
-    is missed and nothing shown twice."""
-    last, failures, lost_at = after, 0, 0.0
-    while True:
-        try:
-            url = client.ws_url(f"/runs/{run_id}/stream?after={last}")
-            with connect(url, additional_headers=client.headers, compression=None, close_timeout=1) as ws:
-                if failures:
-                    note(f"reconnected; continuing after seq {last}")
-                for raw in ws:
-                    ev = json.loads(raw)
-                    if ev["seq"] <= last:
-                        continue
-                    last, failures = ev["seq"], 0
-                    on_event(ev, str(raw))
-                    if ev["type"] == "status" and ev.get("status") in WATCH_EXIT:
-                        return ev
-                if ws.close_code == 1000:  # ended with nothing after `last`: the run ended before it
-                    run = client.json("GET", f"/runs/{run_id}")
-                    if run["status"] in WATCH_EXIT:
-                        return {"type": "status", "seq": last, "status": run["status"], "reason": run["reason"]}
-                why = f"the server closed the stream ({ws.close_code} {ws.close_reason or ''})".rstrip()
-        except ConnectionClosed as e:
-            if e.rcvd is not None and e.rcvd.code >= 4000:  # the application's answer, e.g. 4404
-                raise ClientError(f"{e.rcvd.reason or 'refused'} ({e.rcvd.code})") from None
-            why = "connection lost"
-        except InvalidStatus as e:
-            status = e.response.status_code
-            if 400 <= status < 500:
-                raise ClientError(f"the server refused the stream: {status} {e.response.reason_phrase}") from None
-            why = f"the server answered {status}"
-        except (OSError, WebSocketException) as e:  # refused, reset, timed out, a broken handshake
-            why = f"cannot connect ({e})"
-        failures += 1
-        if failures == 1:
-            lost_at = time.monotonic()
-        elif time.monotonic() - lost_at > RECONNECT_GIVE_UP_S:
-            raise ClientError(f"{why}; gave up after {RECONNECT_GIVE_UP_S:.0f} s without an event (last seq {last})")
-        delay = min(8.0, 0.25 * 2 ** (failures - 1))
-        note(f"{why}; reconnecting in {delay:.2g} s (after seq {last})")
-        time.sleep(delay)
-
-
-def watch(client: Client, run_id: str, *, mode: str, after: int = 0) -> int:
-    run = client.json("GET", f"/runs/{run_id}")
+def watch(client: gptjobs.Client, run_id: str, *, mode: str, after: int = 0) -> int:
+    run = client.runs.get(run_id)
     view = {"json": JsonLines, "bar": Bar, "lines": Lines}[mode](run, sys.stdout)
     try:
-        final = follow(client, run_id, after, view.event, view.note)
+        with client.runs.stream(run_id, after, notify=view.note) as events:
+            for ev in events:
+                view.event(ev, events.raw)
     finally:
         view.close()
-    return WATCH_EXIT[final["status"]]
+    assert events.final is not None  # the stream ends only after the run has
+    return WATCH_EXIT[events.final["status"]]
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -464,21 +357,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    params = {"follow": "true"} if args.follow else {}
-    with _client(args).stream("GET", f"/runs/{args.run}/log", params=params) as resp:
-        for text in resp.iter_text():
-            sys.stdout.write(text)
-            sys.stdout.flush()
+    for text in _client(args).runs.log(args.run, follow=args.follow):
+        sys.stdout.write(text)
+        sys.stdout.flush()
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    resp = _client(args).call("POST", f"/runs/{args.run}/cancel")
-    run = resp.json()
-    if resp.status_code == 202:
-        print(f"run {run['id']} is stopping: it writes a checkpoint, then ends cancelled")
+    run = _client(args).runs.cancel(args.run)
+    if not run.ended:
+        print(f"run {run.id} is stopping: it writes a checkpoint, then ends cancelled")
     else:
-        print(f"run {run['id']} {run['status']}" + (f": {run['reason']}" if run.get("reason") else ""))
+        print(f"run {run.id} {run.status}" + (f": {run.reason}" if run.reason else ""))
     return 0
 
 
@@ -491,45 +381,29 @@ def _checkpoint(value: str) -> str | int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"prompt": args.prompt, "checkpoint": args.checkpoint, "stream": True}
-    for k in ("max_new_tokens", "temperature", "top_k", "seed", "num_samples"):
-        if (v := getattr(args, k)) is not None:
-            body[k] = v
-    headers = {"Accept": "text/event-stream"}  # server-sent events: an error after the start is still an error
-    texts: list[str] = []
-    event, end = "message", None
-    with _client(args).stream("POST", f"/runs/{args.run}/samples", json=body, headers=headers) as resp:
-        for line in resp.iter_lines():
-            if line.startswith("event: "):
-                event = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                data = json.loads(line.removeprefix("data: "))
-                if event == "start":
-                    texts = [""] * data["num_samples"]
-                    sys.stdout.write(args.prompt)
-                elif event == "message":
-                    for i, s in enumerate(data["samples"]):
-                        texts[i] += s["text"]
-                    sys.stdout.write(data["samples"][0]["text"])  # sample 0 live, the others at the end
-                elif event == "end":
-                    end = data
-                elif event == "error":
-                    print(file=sys.stdout, flush=True)
-                    raise ClientError(f"sampling stopped: {data.get('status')}: {data.get('detail')}")
+    options = {k: v for k in SAMPLE_OPTIONS if (v := getattr(args, k)) is not None}
+    # Returns once the worker has started, so a refused request prints no prompt.
+    with _client(args).runs.sample_stream(args.run, args.prompt, checkpoint=args.checkpoint, **options) as sample:
+        sys.stdout.write(args.prompt)
+        try:
+            for piece in sample:  # sample 0 live, the others at the end
+                sys.stdout.write(piece)
                 sys.stdout.flush()
-                event = "message"
-    sys.stdout.write("".join(f"\n---------------\n{args.prompt}{t}" for t in texts[1:]) + "\n")
-    if end:
-        speed = _fmt(end.get("tokens_per_s"), ".0f")
-        print(f"(checkpoint iter {end['checkpoint_iter']}, seed {end['seed']}, {speed} tokens/s)", file=sys.stderr)
+        except gptjobs.APIError:  # the worker stopped mid-text: end its line before the error's
+            print(file=sys.stdout, flush=True)
+            raise
+    assert sample.result is not None  # the iteration ends only with the whole answer
+    sys.stdout.write("".join(f"\n---------------\n{args.prompt}{t}" for t in sample.result.texts[1:]) + "\n")
+    speed = _fmt(sample.result.tokens_per_s, ".0f")
+    print(f"(checkpoint iter {sample.checkpoint_iter}, seed {sample.seed}, {speed} tokens/s)", file=sys.stderr)
     return 0
 
 
 # --- the command line -------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.server, args.key)
+def _client(args: argparse.Namespace) -> gptjobs.Client:
+    return gptjobs.Client(args.server, args.key)
 
 
 def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -541,6 +415,9 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         except ClientError as e:
             print(f"gptjobs: {e}", file=sys.stderr)
             return e.code
+        except gptjobs.GptjobsError as e:
+            print(f"gptjobs: {e}", file=sys.stderr)
+            return exit_code(e)
         except KeyboardInterrupt:
             run = getattr(args, "run", None) or "RUN"
             extra = (

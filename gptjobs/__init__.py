@@ -1,0 +1,73 @@
+"""gptjobs: the Python client of a gptjobs server.
+
+    import gptjobs
+
+    client = gptjobs.Client("http://127.0.0.1:8000")          # key: $GPTJOBS_KEY
+    run = client.runs.create({"dataset": "shakespeare_char", "device": "cpu", "max_iters": 200})
+    for event in client.runs.stream(run.id):                  # to the final status, resumed if cut
+        print(event["seq"], event["type"])
+    print(client.runs.sample(run.id, "ROMEO:").text)
+    client.runs.download_checkpoint(run.id, "best", "out")    # out/ckpt.pt, for nanoGPT's sample.py
+
+Needs httpx and websockets only: no torch, no server code. The command line over it is
+`gptjobs submit|list|show|watch|log|cancel|sample` (api/client.py).
+"""
+
+from gptjobs.client import DEFAULT_SERVER, Client
+from gptjobs.errors import (
+    APIError,
+    Conflict,
+    Forbidden,
+    GptjobsError,
+    NotFound,
+    RateLimited,
+    ServerError,
+    Timeout,
+    Unauthorized,
+    Unreachable,
+    ValidationError,
+)
+from gptjobs.runs import Runs
+from gptjobs.sampling import SampleStream
+from gptjobs.stream import EventStream
+from gptjobs.types import (
+    TERMINAL,
+    Checkpoint,
+    Diagnostics,
+    Event,
+    EventPage,
+    Progress,
+    Run,
+    RunPage,
+    RunWarning,
+    SampleResult,
+)
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "TERMINAL",
+    "APIError",
+    "Checkpoint",
+    "Client",
+    "Conflict",
+    "Diagnostics",
+    "Event",
+    "EventPage",
+    "EventStream",
+    "Forbidden",
+    "GptjobsError",
+    "NotFound",
+    "Progress",
+    "RateLimited",
+    "Run",
+    "RunPage",
+    "RunWarning",
+    "Runs",
+    "SampleResult",
+    "SampleStream",
+    "ServerError",
+    "Timeout",
+    "Unauthorized",
+    "Unreachable",
+    "ValidationError",
+]

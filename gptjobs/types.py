@@ -1,0 +1,177 @@
+"""What the server returns, as typed values. Each keeps the JSON it came from in `raw`, so a
+field the server sends that a type does not name yet is still there.
+
+Events stay plain dicts (`Event`): they are the wire format, the same JSON in the database, on
+the WebSocket and in GET /runs/{id}/events, and their fields depend on their `type` (see
+ARCHITECTURE.md's table): `{"run_id", "seq", "attempt", "type", "ts", ...}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+Event = dict[str, Any]
+
+# A run's last statuses: its final `status` event carries one of these, and nothing follows it.
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` that `cls` has a field for (`raw` aside)."""
+    names = {f.name for f in fields(cls)} - {"raw"}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class RunWarning:
+    code: str | None = None  # overfitting, nan_loss, low_mfu, ...
+    message: str | None = None
+    iter: int | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run is. GET /runs/{id} fills every field; a list's runs only the glance
+    (iter, max_iters, fraction, loss, best_val_loss, mfu)."""
+
+    iter: int | None = None  # the newest iter event's: iteration `iter` is the (iter+1)-th step
+    max_iters: int | None = None
+    fraction: float | None = None
+    loss: float | None = None
+    lr: float | None = None
+    best_val_loss: float | None = None
+    last_val_loss: float | None = None
+    median_step_ms: float | None = None
+    mfu: float | None = None  # None where the device's peak FLOP/s is unknown (any CPU)
+    tokens_per_s: float | None = None
+    tokens_seen: int | None = None
+    eta_s: float | None = None
+    last_seq: int | None = None  # the newest event's seq: stream(after=last_seq) follows from here
+    warnings: list[RunWarning] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Progress:
+        warnings = [RunWarning(**_known(RunWarning, w)) for w in data.get("warnings") or []]
+        return cls(**{**_known(cls, data), "warnings": warnings}, raw=data)
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """How a run is going, read as someone who knows nanoGPT's log would (GET /runs/{id} only)."""
+
+    summary: list[str] = field(default_factory=list)  # the findings as sentences, the most pressing first
+    loss_trend: str | None = None  # falling, flat or rising
+    loss_change: float | None = None
+    train_val_gap: float | None = None
+    gap_widening: bool | None = None
+    overhead_share: float | None = None  # of wall time, evaluating and saving
+    mfu: float | None = None
+    device: str | None = None
+    n_params: int | None = None
+    tokens_per_param: float | None = None
+    nan_iters: list[int] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Diagnostics:
+        return cls(**_known(cls, data), raw=data)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    status: str  # queued, running, recovering, succeeded, failed, cancelled
+    name: str | None = None
+    reason: str | None = None  # why it is in its status, as a sentence
+    config: dict[str, Any] = field(default_factory=dict)  # every key filled in by the server
+    attempt: int = 0  # times a worker has started it (resumes included)
+    restarts: int = 0  # times it was resumed after losing its worker
+    max_restarts: int | None = None  # None: the server's default
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress = field(default_factory=Progress)
+    diagnostics: Diagnostics | None = None  # GET /runs/{id} only
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Run:
+        values = _known(cls, data)
+        values.update({k: _time(data.get(k)) for k in ("created_at", "started_at", "finished_at")})
+        values["progress"] = Progress.from_json(data.get("progress") or {})
+        diagnostics = data.get("diagnostics")
+        values["diagnostics"] = Diagnostics.from_json(diagnostics) if isinstance(diagnostics, dict) else None
+        return cls(**values, raw=data)
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of GET /runs, newest first; `next_cursor` gets the next (older) page."""
+
+    runs: list[Run]
+    next_cursor: str | None
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of GET /runs/{id}/events: pass `next_after` as `after` for what follows;
+    `has_more` says whether more is there already."""
+
+    events: list[Event]
+    next_after: int
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    iter: int
+    val_loss: float | None  # None for one written at a cancel
+    best: bool  # the lowest val loss so far (best.pt)
+    latest: bool  # the newest (ckpt.pt)
+    bytes: int
+    created_at: datetime | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
+        return cls(**{**_known(cls, data), "created_at": _time(data.get("created_at"))}, raw=data)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What the model wrote after the prompt, one text per sample, and how."""
+
+    texts: list[str]
+    checkpoint_iter: int  # the iteration of the checkpoint sampled
+    new_tokens: int  # over all samples
+    tokens_per_s: float | None
+    seed: int  # send it back, with the same checkpoint and request, for the same text
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def text(self) -> str:
+        """The first (often the only) sample."""
+        return self.texts[0]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SampleResult:
+        texts = [s["text"] for s in data.get("samples") or []]
+        return cls(**{**_known(cls, data), "texts": texts}, raw=data)
