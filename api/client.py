@@ -423,6 +423,8 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             extra = (
                 f" (the run goes on: `gptjobs cancel {run}` stops it)" if args.command in ("watch", "submit") else ""
             )
+            if getattr(args, "datasets_command", None) == "upload":
+                extra = " (the same command resumes the upload: only the missing parts are sent)"
             print(f"\ngptjobs: interrupted{extra}", file=sys.stderr)
             return EXIT_INTERRUPTED
         except BrokenPipeError:  # `gptjobs log RUN | head`: the reader left, which is fine
@@ -432,8 +434,8 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     return run
 
 
-def add_client_commands(sub: argparse._SubParsersAction) -> None:
-    """submit, list, show, watch, log, cancel, sample: added to `gptjobs`'s subcommands."""
+def common_options() -> argparse.ArgumentParser:
+    """--server and --key, for every client command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--server",
@@ -441,6 +443,14 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
         help="the API (env GPTJOBS_SERVER; default http://127.0.0.1:8000)",
     )
     common.add_argument("--key", default=os.environ.get("GPTJOBS_KEY"), help="API key (env GPTJOBS_KEY)")
+    return common
+
+
+def add_client_commands(sub: argparse._SubParsersAction) -> None:
+    """submit, list, show, watch, log, cancel, sample, datasets: added to `gptjobs`'s subcommands."""
+    from api.cli_datasets import add_dataset_commands
+
+    common = common_options()
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help, parents=[common], allow_abbrev=False)
@@ -496,3 +506,5 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--num-samples", type=int)
     p.add_argument("--checkpoint", type=_checkpoint, default="latest", help="latest, best, or an iter")
+
+    add_dataset_commands(sub, common)

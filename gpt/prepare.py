@@ -111,7 +111,7 @@ class _Bounded(io.RawIOBase):
 
     def __init__(self, inner: IO[bytes], raw: IO[bytes], max_bytes: int, compressed: bool):
         self.inner, self.raw, self.max_bytes, self.compressed = inner, raw, max_bytes, compressed
-        self.out = 0
+        self.out = self.pos = 0
 
     def readable(self) -> bool:
         return True
@@ -126,9 +126,12 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
     def stored_pos(self) -> int:
-        return self.raw.tell()
+        if not self.raw.closed:
+            self.pos = self.raw.tell()
+        return self.pos
 
     def close(self) -> None:
+        self.stored_pos()  # kept: progress may ask after the last read
         self.inner.close()
         self.raw.close()
         super().close()

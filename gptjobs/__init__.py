@@ -14,6 +14,7 @@ Needs httpx and websockets only: no torch, no server code. The command line over
 """
 
 from gptjobs.client import DEFAULT_SERVER, Client
+from gptjobs.datasets import Datasets, UploadProgress
 from gptjobs.errors import (
     APIError,
     Conflict,
@@ -33,6 +34,7 @@ from gptjobs.stream import EventStream
 from gptjobs.types import (
     TERMINAL,
     Checkpoint,
+    Dataset,
     Diagnostics,
     Event,
     EventPage,
@@ -50,6 +52,8 @@ __all__ = [
     "Checkpoint",
     "Client",
     "Conflict",
+    "Dataset",
+    "Datasets",
     "Diagnostics",
     "Event",
     "EventPage",
@@ -69,5 +73,6 @@ __all__ = [
     "Timeout",
     "Unauthorized",
     "Unreachable",
+    "UploadProgress",
     "ValidationError",
 ]

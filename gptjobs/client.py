@@ -1,7 +1,9 @@
 """`gptjobs.Client`: one server, one key, and the resources under it as attributes.
 
-    client.runs    /runs: create, get, list, cancel, events, stream, wait, log, sample,
-                   checkpoints (gptjobs/runs.py)
+    client.runs      /runs: create, get, list, cancel, events, stream, wait, log, sample,
+                     checkpoints (gptjobs/runs.py)
+    client.datasets  /datasets and /uploads: upload (resumable), create, get, list, wait,
+                     delete (gptjobs/datasets.py)
 
 Knows where the server and the key come from; the requests themselves are the resources'.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 from types import TracebackType
 
+from gptjobs.datasets import Datasets
 from gptjobs.runs import Runs
 from gptjobs.transport import Transport
 
@@ -31,6 +34,7 @@ class Client:
             key = os.environ.get("GPTJOBS_KEY")
         self._transport = Transport(server, key, timeout)
         self.runs = Runs(self._transport)
+        self.datasets = Datasets(self._transport)
 
     @property
     def server(self) -> str:

@@ -175,3 +175,73 @@ class SampleResult:
     def from_json(cls, data: dict[str, Any]) -> SampleResult:
         texts = [s["text"] for s in data.get("samples") or []]
         return cls(**{**_known(cls, data), "texts": texts}, raw=data)
+
+
+@dataclass(frozen=True)
+class DatasetProgress:
+    phase: str | None = None  # vocabulary (a char vocabulary's pass), tokenizing, splitting, done
+    bytes_done: int = 0  # of the upload as stored
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A corpus of yours: `preparing` until its token arrays are made, then `ready` (or
+    `failed`, with the reason). Runs name it in config.dataset, by id or name."""
+
+    id: str
+    name: str
+    status: str  # preparing, ready, failed
+    reason: str | None = None
+    format: str | None = None  # text, jsonl, nanogpt
+    tokenizer: str | None = None  # char, gpt2
+    bytes: int = 0
+    sha256: str = ""
+    progress: DatasetProgress = field(default_factory=DatasetProgress)
+    train_tokens: int | None = None
+    val_tokens: int | None = None
+    vocab_size: int | None = None
+    documents: int | None = None
+    preview: str | None = None
+    created_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("ready", "failed")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Dataset:
+        values = _known(cls, data)
+        values["progress"] = DatasetProgress(**_known(DatasetProgress, data.get("progress") or {}))
+        values["created_at"] = _time(data.get("created_at"))
+        return cls(**values, raw=data)
+
+
+@dataclass(frozen=True)
+class UploadPart:
+    n: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A resumable upload: parts 1..parts_expected of at most part_bytes each."""
+
+    id: str
+    filename: str
+    bytes: int
+    part_bytes: int
+    parts_expected: int
+    parts: list[UploadPart]
+    status: str  # open, completed
+    dataset_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Upload:
+        parts = [UploadPart(**_known(UploadPart, p)) for p in data.get("parts") or []]
+        return cls(**{**_known(cls, data), "parts": parts}, raw=data)

@@ -114,6 +114,11 @@ def prepare(dataset_id: str, sent_for: int) -> None:
             ended = DATASETS.move(s, dataset_id, FAILED, where=[D.attempt == attempt], reason=str(e))
     except LeaseLost as e:
         log.warning("dataset %s: %s; stopping", dataset_id, e)
+    except Exception as e:  # ours, not the input's: say so rather than retry it forever
+        log.exception("dataset %s: preparing failed", dataset_id)
+        with db.transaction() as s:
+            reason = f"preparing failed on the worker: {type(e).__name__}: {e}"
+            ended = DATASETS.move(s, dataset_id, FAILED, where=[D.attempt == attempt], reason=reason)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         lease.close(release=True)
