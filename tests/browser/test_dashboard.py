@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from tests.browser.conftest import Site
-from tests.helpers import wait_for
+from tests.harness import Stack as Site
+from tests.harness import wait_for
 
 SMALL = {  # a model that trains at ~100 iterations a second on one CPU thread
     "n_layer": "1",

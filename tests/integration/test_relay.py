@@ -15,7 +15,7 @@ from api.db import Database, Run, stream_key
 from api.migrate import upgrade
 from api.relay import Relay, follow
 from api.settings import Settings
-from tests.helpers import redis_server
+from tests.harness import redis_server
 from worker.lease import Lease
 from worker.sink import EventSink
 
