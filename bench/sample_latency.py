@@ -4,7 +4,7 @@ gpt.sample in this process on the same checkpoint.
 Starts what `gptjobs up` starts (redis-server, the API as `gptjobs serve` runs it, a train
 and a sample worker, 1 torch thread each), trains two small runs through the API, then:
 - latency: sequential POST /runs/{id}/samples for 1 new token (JSON) on a kept-alive
-  connection, after warm-up requests; bar (issue 4): p50 <= 50 ms with the tiny model.
+  connection, after warm-up requests; bar: p50 <= 50 ms with the tiny model.
 - throughput: 250 new tokens, streamed (text/plain and server-sent events), timed from
   sending the request to its last byte, against gpt.sample.stream in this process (1
   thread), rounds interleaved; bar: within 15%. Both generate on the same core (the last;
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +28,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages and tests.harness
 
-from services import start_services  # noqa: E402
-
-from api.cli import free_port  # noqa: E402
+from tests.harness import FINAL, Proc, Stack  # noqa: E402
 
 # The README's tiny run, and nanoGPT's README CPU shape; a few iterations each: the speed
 # of generation does not depend on how well the model was trained.
@@ -47,18 +44,6 @@ PROMPT = "ROMEO:"
 ALL_CPUS = os.sched_getaffinity(0)
 GEN_CPU = {max(ALL_CPUS)}
 OTHER_CPUS = (ALL_CPUS - GEN_CPU) or ALL_CPUS
-
-
-def wait(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if value := check():
-                return value
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -82,12 +67,7 @@ def latency(http: httpx.Client, run_id: str, n: int) -> None:
     )
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def throughput(http: httpx.Client, run_id: str, ckpt_path: Path, tokens: int, rounds: int, worker_pid: int) -> None:
+def throughput(http: httpx.Client, run_id: str, ckpt_path: Path, tokens: int, rounds: int, worker: Proc) -> None:
     import torch
 
     from gpt import sample
@@ -111,26 +91,26 @@ def throughput(http: httpx.Client, run_id: str, ckpt_path: Path, tokens: int, ro
     def over_http(sse: bool) -> tuple[float, float | None]:
         """tokens/s from sending the request to its last byte, and the worker's own figure."""
         headers = {"Accept": "text/event-stream"} if sse else {}
-        c0, t0 = cpu_s(worker_pid), time.perf_counter()
+        c0, t0 = worker.cpu_s(), time.perf_counter()
         with http.stream("POST", f"/runs/{run_id}/samples", json=body, headers=headers) as resp:
             resp.raise_for_status()
             last = ""
             for chunk in resp.iter_text():
                 last = chunk
         rate = tokens / (time.perf_counter() - t0)
-        cpu["worker"] += (cpu_s(worker_pid) - c0) / 2  # two requests per round
+        cpu["worker"] += (worker.cpu_s() - c0) / 2  # two requests per round
         end = last.rsplit("event: end\ndata: ", 1)
         return rate, json.loads(end[1])["tokens_per_s"] if sse and len(end) == 2 else None
 
     in_process(), over_http(False), over_http(True)  # warm all three
     cpu.update({k: 0.0 for k in cpu})
-    local, plain, sse, worker = [], [], [], []
+    local, plain, sse, on_worker = [], [], [], []
     for _ in range(rounds):  # interleaved: all see the same moments of a shared machine
         local.append(in_process())
         plain.append(over_http(False)[0])
-        rate, on_worker = over_http(True)
+        rate, reported = over_http(True)
         sse.append(rate)
-        worker.append(on_worker or 0.0)
+        on_worker.append(reported or 0.0)
     lo = statistics.median(local)
     for name, xs in (("text/plain", plain), ("server-sent events", sse)):
         x = statistics.median(xs)
@@ -138,7 +118,7 @@ def throughput(http: httpx.Client, run_id: str, ckpt_path: Path, tokens: int, ro
     per_token = {k: v / rounds / tokens * 1e3 for k, v in cpu.items()}
     print(
         f"  in-process gpt.sample.stream: {lo:.0f} tok/s; on the worker (its own figure): "
-        f"{statistics.median(worker):.0f} tok/s; medians of {rounds}\n"
+        f"{statistics.median(on_worker):.0f} tok/s; medians of {rounds}\n"
         f"  CPU per token: in-process {per_token['in-process']:.2f} ms, sampling worker (whole process, "
         f"request to answer) {per_token['worker']:.2f} ms",
         flush=True,
@@ -152,52 +132,30 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d:
-        aport = free_port()
-        # Hundreds of requests a minute by design: lift the per-owner rate limit (120/min).
-        env, redis_p = start_services(d, GPTJOBS_TORCH_THREADS="1", GPTJOBS_SAMPLE_REQUESTS_PER_MIN="100000")
-        logs = open(Path(d) / "services.log", "wb")  # noqa: SIM115
-        procs = [redis_p]
-        py = sys.executable
-        for argv in (
-            [py, "-m", "api.cli", "serve", "--port", str(aport)],
-            [py, "-m", "api.cli", "worker", "--queue", "train"],
-            [py, "-m", "api.cli", "worker", "--queue", "sample"],  # `gptjobs worker` execs: same pid
-        ):
-            procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=logs, stderr=logs))
-        for p in procs[:-1]:
-            os.sched_setaffinity(p.pid, OTHER_CPUS)
-        os.sched_setaffinity(procs[-1].pid, GEN_CPU)
+    # 1 torch thread each; hundreds of requests a minute by design: lift the per-owner rate limit (120/min).
+    env = {"GPTJOBS_TORCH_THREADS": "1", "GPTJOBS_SAMPLE_REQUESTS_PER_MIN": "100000"}
+    with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d, Stack(Path(d), env=env) as stack:
+        stack.up(train=1, sample=1)
+        sampler = stack.workers[-1]
+        for p in stack.procs:
+            os.sched_setaffinity(p.pid, GEN_CPU if p is sampler else OTHER_CPUS)
         os.sched_setaffinity(0, OTHER_CPUS)
-        try:
-            http = httpx.Client(base_url=f"http://127.0.0.1:{aport}", timeout=60)
-            wait(lambda: http.get("/healthz").status_code == 200, 60, "the API")
-            runs = {}
-            for name, shape in MODELS.items():
-                resp = http.post("/runs", json={"name": name, "config": {**COMMON, **shape}})
-                resp.raise_for_status()
-                runs[name] = resp.json()["id"]
-            for name, run_id in runs.items():
-                st = wait(lambda r=run_id: (s := http.get(f"/runs/{r}").json()["status"]) in TERMINAL and s, 300, name)
-                assert st == "succeeded", f"{name}: {st}; see {d}/services.log"
-            print(
-                f"sample_latency: CPUs {sorted(ALL_CPUS)}; generation (worker and in-process) on {sorted(GEN_CPU)}, "
-                f"the rest on {sorted(OTHER_CPUS)}; torch threads 1",
-                flush=True,
-            )
-            for i, (name, run_id) in enumerate(runs.items()):
-                print(name, flush=True)
-                if i == 0:
-                    latency(http, run_id, args.requests)
-                ckpt = Path(d) / "runs" / run_id / "ckpt.pt"
-                throughput(http, run_id, ckpt, args.tokens, args.rounds, procs[-1].pid)
-        finally:
-            for p in reversed(procs):
-                p.terminate()
-                p.wait()
+        runs = {name: stack.submit({**COMMON, **shape}, base={}, name=name)["id"] for name, shape in MODELS.items()}
+        for name, run_id in runs.items():
+            st = stack.wait_status(run_id, FINAL, timeout=300)["status"]
+            assert st == "succeeded", f"{name}: {st}; see {stack.logs}"
+        print(
+            f"sample_latency: CPUs {sorted(ALL_CPUS)}; generation (worker and in-process) on {sorted(GEN_CPU)}, "
+            f"the rest on {sorted(OTHER_CPUS)}; torch threads 1",
+            flush=True,
+        )
+        stack.http.timeout = httpx.Timeout(60)
+        for i, (name, run_id) in enumerate(runs.items()):
+            print(name, flush=True)
+            if i == 0:
+                latency(stack.http, run_id, args.requests)
+            throughput(stack.http, run_id, stack.run_dir(run_id) / "ckpt.pt", args.tokens, args.rounds, sampler)
 
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 if __name__ == "__main__":
     main()

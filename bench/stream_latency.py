@@ -4,7 +4,7 @@ Starts a redis-server and the API (uvicorn, its own process), creates a run, con
 WebSocket clients to /runs/{id}/stream, then a separate emitter process pushes iter events
 through the worker's own EventSink (XADD + batched SQLite writes) at a fixed rate. Each
 event's `ts` is stamped just before it is handed to the sink; each client records
-arrival time minus ts. Bar (issue 3): p99 <= 20 ms at 100 clients, 200 events/s.
+arrival time minus ts. Bar: p99 <= 20 ms at 100 clients, 200 events/s.
 
 The clients run in this process, on the same cores as the API: they are a minimal
 WebSocket client on one epoll loop, so that they take as little CPU from the API as they
@@ -30,16 +30,15 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages and tests.harness
 
-from services import start_services  # noqa: E402
+from tests.harness import Proc, Stack  # noqa: E402
 
-from api.cli import free_port  # noqa: E402
+DEFAULT_WS = "api.ws:StreamProtocol"  # what `gptjobs serve` runs
 
 
 def emit(run_id: str, rate: float, seconds: float) -> None:
@@ -203,39 +202,31 @@ def clients(ws_url: str, n: int, events: int, start_emitter: Callable[[], subpro
     return latencies
 
 
-def cpu_s(pid: int) -> float:
-    """User+system CPU seconds of a process: a cost that contention on a shared machine cannot inflate."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def run_case(base_env: dict[str, str], api_url: str, api_pid: int, n_clients: int, rate: float, seconds: float) -> None:
-    import time as _t
-
+def run_case(stack: Stack, api: Proc, n_clients: int, rate: float, seconds: float) -> str:
+    """One case: n_clients follow a run that gets `rate` events a second; its result line."""
     from api.db import Database, Run
 
-    db = Database(base_env["GPTJOBS_DATABASE_URL"])
-    run_id = f"bench{n_clients}x{int(_t.time())}"
+    db = Database(stack.database_url)
+    run_id = f"bench{n_clients}x{int(time.time())}"
     with db.transaction() as s:
-        s.add(Run(id=run_id, status="running", config={}, attempt=1, created_at=_t.time()))
+        s.add(Run(id=run_id, status="running", config={}, attempt=1, created_at=time.time()))
     db.dispose()
 
     def start_emitter() -> subprocess.Popen[bytes]:
         argv = [sys.executable, __file__, "--emit", run_id, "--rate", str(rate), "--seconds", str(seconds)]
-        return subprocess.Popen(argv, env=base_env)
+        return subprocess.Popen(argv, env=stack.env)
 
-    ws_url = api_url.replace("http", "ws") + f"/runs/{run_id}/stream"
-    api_cpu, own_cpu = cpu_s(api_pid), time.process_time()
+    ws_url = f"{stack.ws}/runs/{run_id}/stream"
+    api_cpu, own_cpu = api.cpu_s(), time.process_time()
     lat = clients(ws_url, n_clients, int(rate * seconds), start_emitter)
-    api_cpu, own_cpu = cpu_s(api_pid) - api_cpu, time.process_time() - own_cpu
+    api_cpu, own_cpu = api.cpu_s() - api_cpu, time.process_time() - own_cpu
     lat.sort()
     expected = int(rate * seconds) * n_clients
     q = statistics.quantiles(lat, n=100)
-    print(
+    return (
         f"{n_clients:4d} clients, {rate:.0f} events/s: {len(lat)}/{expected} received; "
         f"p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms, max {lat[-1]:.2f} ms; CPU per delivery: "
-        f"API {api_cpu / len(lat) * 1e6:.0f} us, clients {own_cpu / len(lat) * 1e6:.0f} us",
-        flush=True,
+        f"API {api_cpu / len(lat) * 1e6:.0f} us, clients {own_cpu / len(lat) * 1e6:.0f} us"
     )
 
 
@@ -244,49 +235,25 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 100])
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--seconds", type=float, default=5)
-    ap.add_argument("--ws", default="api.ws:StreamProtocol", help="uvicorn's WebSocket implementation")
+    ap.add_argument("--ws", default=DEFAULT_WS, help="uvicorn's WebSocket implementation")
     ap.add_argument("--emit", metavar="RUN_ID", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.emit:
         emit(args.emit, args.rate, args.seconds)
         return
 
-    with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d:
-        aport = free_port()
-        env, redis_p = start_services(d)
-        api_argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--port",
-            str(aport),
-            "--log-level",
-            "warning",
-            # As `gptjobs serve` runs it: api.ws's protocol, no per-message deflate.
-            "--ws",
-            args.ws,
-            "--ws-per-message-deflate",
-            "false",
-        ]
+    with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d, Stack(Path(d)) as stack:
+        stack.start_redis()
+        stack.migrate()
+        api_argv = None  # `gptjobs serve`: api.ws's protocol, no per-message deflate
+        if args.ws != DEFAULT_WS:
+            api_argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(stack.api_port)]
+            api_argv += ["--log-level", "warning", "--ws", args.ws, "--ws-per-message-deflate", "false"]
         if os.environ.get("BENCH_PROFILE"):  # development aid: run the API under a profiler script
-            api_argv = [sys.executable, os.environ["BENCH_PROFILE"], str(aport), args.ws, "9"]
-        api_p = subprocess.Popen(api_argv, env=env, cwd=ROOT)
-        url = f"http://127.0.0.1:{aport}"
-        try:
-            for _ in range(200):
-                try:
-                    if urllib.request.urlopen(url + "/healthz", timeout=1).status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.1)
-            for n in args.clients:
-                run_case(env, url, api_p.pid, n, args.rate, args.seconds)
-        finally:
-            api_p.terminate()
-            api_p.wait()
-            redis_p.terminate()
-            redis_p.wait()
+            api_argv = [sys.executable, os.environ["BENCH_PROFILE"], str(stack.api_port), args.ws, "9"]
+        api = stack.start_api(argv=api_argv)
+        for n in args.clients:
+            print(run_case(stack, api, n, args.rate, args.seconds), flush=True)
 
 
 if __name__ == "__main__":

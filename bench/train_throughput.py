@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,35 +29,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
-from services import start_services
-
-from api.cli import free_port
-from api.settings import usable_cores
-from gpt.config import TrainConfig, make_config
-from gpt.data import Dataset, prepare
-from gpt.model import GPT, GPTConfig
-from gpt.train import lr_at, train
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages and tests.harness
 
-CONFIG = dict(
-    dataset="shakespeare_char",
-    device="cpu",
-    compile=False,
-    block_size=64,
-    batch_size=12,
-    n_layer=4,
-    n_head=4,
-    n_embd=128,
-    dropout=0.0,
-    max_iters=2000,
-    lr_decay_iters=2000,
-    eval_iters=1,
-    log_interval=1,
-    eval_interval=100_000,  # no evaluation inside the measured window
-)
+from api.settings import usable_cores  # noqa: E402
+from gpt.config import TrainConfig, make_config  # noqa: E402
+from gpt.data import Dataset, prepare  # noqa: E402
+from gpt.model import GPT, GPTConfig  # noqa: E402
+from gpt.train import lr_at, train  # noqa: E402
+from tests.harness import FINAL, NANOGPT_CPU, Stack  # noqa: E402
+
+CONFIG = NANOGPT_CPU | {"eval_iters": 1, "eval_interval": 100_000}  # no evaluation inside the measured window
 
 
 def bare_loop(cfg: TrainConfig, data: Dataset) -> Iterator[float]:
@@ -99,52 +81,17 @@ def in_process(config: dict[str, Any], data_dir: str, threads: int) -> list[dict
 def worker_mode(a: argparse.Namespace) -> None:
     """The same config in this process and through POST /runs -> Celery worker -> Redis + SQLite."""
     config = {**CONFIG, "max_iters": a.iters, "lr_decay_iters": a.iters, "log_interval": 1}
+    threads = {"GPTJOBS_TORCH_THREADS": str(a.threads)}
 
-    with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d:
-        aport = free_port()
-        env, redis_p = start_services(d, GPTJOBS_TORCH_THREADS=str(a.threads))
-        py = sys.executable
-        procs = [redis_p]
-        try:
-            log = open(os.path.join(d, "services.log"), "wb")  # noqa: SIM115
-            procs.append(
-                subprocess.Popen(
-                    [py, "-m", "api.cli", "serve", "--port", str(aport)], env=env, cwd=ROOT, stdout=log, stderr=log
-                )
-            )
-            procs.append(
-                subprocess.Popen(
-                    [py, "-m", "api.cli", "worker", "--queue", "train"], env=env, cwd=ROOT, stdout=log, stderr=log
-                )
-            )
-            http = httpx.Client(base_url=f"http://127.0.0.1:{aport}", timeout=30)
-            for _ in range(300):
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            results: dict[str, list[tuple[float, float]]] = {"in-process": [], "worker": []}
-            for _ in range(a.rounds):
-                results["in-process"].append(
-                    summarize(in_process(config, os.path.join(d, "datasets"), a.threads), a.skip)
-                )
-                run = http.post("/runs", json={"config": config}).json()
-                while (status := http.get(f"/runs/{run['id']}").json()["status"]) in ("queued", "running"):
-                    time.sleep(0.5)
-                assert status == "succeeded", status
-                events, after = [], 0
-                while True:
-                    page = http.get(f"/runs/{run['id']}/events", params={"after": after, "limit": 10000}).json()
-                    events += page["events"]
-                    after = page["next_after"]
-                    if not page["has_more"]:
-                        break
-                results["worker"].append(summarize(events, a.skip))
-        finally:
-            for p in reversed(procs):
-                p.terminate()
-                p.wait()
+    with tempfile.TemporaryDirectory(prefix="gptjobs-bench-") as d, Stack(Path(d), env=threads) as stack:
+        stack.up(train=1)
+        results: dict[str, list[tuple[float, float]]] = {"in-process": [], "worker": []}
+        for _ in range(a.rounds):
+            results["in-process"].append(summarize(in_process(config, str(stack.root / "datasets"), a.threads), a.skip))
+            run = stack.submit(config, base={})
+            status = stack.wait_status(run["id"], FINAL, timeout=3600)["status"]
+            assert status == "succeeded", f"{status}; see {stack.logs}"
+            results["worker"].append(summarize(stack.events(run["id"], limit=10000), a.skip))
     print(f"{a.iters} iters x {a.rounds} rounds, {a.threads} torch threads; medians per round:")
     for name, rows in results.items():
         steps = ", ".join(f"{s:.2f}" for s, _ in rows)
@@ -185,7 +132,7 @@ def main() -> None:
     print(f"engine (gpt.train)   median step {me:7.2f} ms")
     print(f"bare loop            median step {mb:7.2f} ms")
     print(f"ratio engine/bare    {me / mb:.3f}   (bar: <= 1.03)")
-    print("nanoGPT train.py     71-75 ms on the reference machine (NOTES.md)")
+    print("nanoGPT train.py     71-75 ms on the reference machine")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""The dashboard as a person uses it, in headless Chromium against the real service: give
-the API key the page asks for, create a run from the form (a bad value first: the server's
-422 shows by its field), watch the chart gain points while it trains and the run end,
-stream a sample into the page, cancel a second run, overlay both on the compare chart.
-No console error and no uncaught exception in the page along the way: the page asks for the
-key before it needs one and checks the form with POST /config/validate, so no request in
-the scenario is refused (Chromium would log each refused fetch as a console error)."""
+"""The dashboard as a person uses it, in headless Chromium against the real service, one
+view a test: the key the page asks for, the new-run form (a bad value first: the server's
+422 shows by its field), a run's live chart and its end, a sample streamed into the page, a
+cancel, a diverging run, the compare chart and the runs list. Each test makes the runs it
+needs and opens its own page; the service and the browser are shared by the module.
+No console error and no uncaught exception in any page: the page asks for the key before it
+needs one and checks the form with POST /config/validate, so no request here is refused
+(Chromium would log each refused fetch as a console error)."""
 
 from __future__ import annotations
 
@@ -19,26 +20,36 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from tests.browser.conftest import Site
-from tests.helpers import wait_for
+from tests.harness import TINY, Stack, wait_for
 
-SMALL = {  # a model that trains at ~100 iterations a second on one CPU thread
-    "n_layer": "1",
-    "n_head": "2",
-    "n_embd": "32",
-    "block_size": "32",
-    "batch_size": "4",
-    "eval_iters": "5",
-    "log_interval": "1",
-    "warmup_iters": "10",
-    "dropout": "0",
-    "device": "cpu",
-}
+# TINY as the form's fields take it (the dataset and compile are chosen, not typed): a model
+# that trains at ~100 iterations a second on one CPU thread.
+SMALL = {k: str(v) for k, v in TINY.items() if k not in ("dataset", "compile")} | {"warmup_iters": "10", "dropout": "0"}
+LONG = {"max_iters": "1500", "lr_decay_iters": "1500", "eval_interval": "500"}
+RUN_URL = re.compile(r"#/runs/[0-9a-f]+$")
 
 
-@pytest.fixture(scope="module")
-def page(browser: Any, site: Site) -> Iterator[Any]:
+@pytest.fixture(scope="module", autouse=True)
+def trained_run(site: Stack) -> str:
+    """A run like the form's, queued as the module starts: it trains while the first tests
+    need no worker. `finished` waits for its end."""
+    config = {"warmup_iters": 10, "dropout": 0.0, "max_iters": 1500, "lr_decay_iters": 1500, "eval_interval": 500}
+    return site.submit(config, name="trained")["id"]
+
+
+@pytest.fixture
+def finished(site: Stack, trained_run: str) -> str:
+    done = site.wait_status(trained_run, {"succeeded", "failed", "cancelled"})
+    assert done["status"] == "succeeded", (done, site.log_tail("train"))
+    return trained_run
+
+
+def open_page(browser: Any, key: str | None) -> Any:
+    """A page in a fresh browser context (with key already in localStorage, as after a first
+    visit); page.problems collects console errors and uncaught exceptions."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    if key:
+        context.add_init_script(f"localStorage.setItem('gptjobs.apiKey', {json.dumps(key)})")
     pg = context.new_page()
     pg.set_default_timeout(20_000)
     problems: list[str] = []
@@ -51,15 +62,15 @@ def page(browser: Any, site: Site) -> Iterator[Any]:
     pg.on("console", on_console)
     pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     pg.problems = problems
+    return pg
+
+
+@pytest.fixture
+def page(browser: Any, site: Stack) -> Iterator[Any]:
+    """A page that holds the site's key."""
+    pg = open_page(browser, site.key)
     yield pg
-    context.close()
-
-
-def keyed_context(browser: Any, site: Site) -> Any:
-    """A browser context that already holds the key, as after the first visit."""
-    context = browser.new_context()
-    context.add_init_script(f"localStorage.setItem('gptjobs.apiKey', {json.dumps(site.key)})")
-    return context
+    pg.context.close()
 
 
 def view(page: Any, attr: str) -> str | None:
@@ -75,7 +86,19 @@ def fill_form(page: Any, values: dict[str, str]) -> None:
         page.fill(f"#field-{key}", value)
 
 
-def test_page_and_defaults_need_no_key(site: Site) -> None:
+def create_from_form(page: Any) -> str:
+    """Submit the form; the page moves to the new run's. Returns its id."""
+    page.click("#create-run")
+    page.wait_for_url(RUN_URL)
+    return str(page.url.rsplit("/", 1)[1])
+
+
+def new_run_form(page: Any, site: Stack) -> None:
+    page.goto(site.url + "/#/new")
+    page.wait_for_selector("#field-n_layer")
+
+
+def test_page_and_defaults_need_no_key(site: Stack) -> None:
     bare = httpx.Client(base_url=site.url, timeout=30)
     index = bare.get("/")
     assert index.status_code == 200 and '<script type="module" src="/static/app.js">' in index.text
@@ -102,29 +125,30 @@ def test_page_and_defaults_need_no_key(site: Site) -> None:
     bare.close()
 
 
-def test_dashboard(page: Any, site: Site, artifacts: Path) -> None:
-    t0 = time.monotonic()
-    timings: dict[str, float] = {}
+def test_the_page_asks_for_the_key_then_shows_the_runs(browser: Any, site: Stack) -> None:
+    key = site.create_key("newcomer")  # an owner of their own: no runs yet, whatever the other tests made
+    page = open_page(browser, None)
+    try:
+        page.goto(site.url + "/")
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key-dialog input[name=key]", key)
+        page.click("#key-save")
+        page.wait_for_selector("#runs")
+        page.wait_for_selector("text=No runs yet")
+        assert page.evaluate("localStorage.getItem('gptjobs.apiKey')") == key
+        assert not page.problems, "\n".join(page.problems)
+    finally:
+        page.context.close()
 
-    def mark(what: str) -> None:
-        timings[what] = round(time.monotonic() - t0, 1)
 
-    # The page asks for the key before its first request for data, and then shows the runs.
-    page.goto(site.url + "/")
-    page.wait_for_selector("#key-dialog[open]")
-    page.fill("#key-dialog input[name=key]", site.key)
-    page.click("#key-save")
-    page.wait_for_selector("#runs")
-    page.wait_for_selector("text=No runs yet")
-    assert page.evaluate("localStorage.getItem('gptjobs.apiKey')") == site.key
-    mark("key")
-
+def test_the_form_shows_a_bad_value_then_the_run_trains_live_to_its_end(
+    page: Any, site: Stack, artifacts: Path
+) -> None:
     # The form: the dataset recipe's defaults filled in; a bad value's 422 shown by its field.
-    page.click("a[data-nav=new]")
-    page.wait_for_selector("#field-n_layer")
+    new_run_form(page, site)
     assert page.input_value("#field-n_layer") == "6"  # shakespeare_char's recipe, not train.py's 12
     assert page.input_value("#field-eval_interval") == "250"
-    fill_form(page, {**SMALL, "max_iters": "1500", "lr_decay_iters": "1500", "eval_interval": "500"})
+    fill_form(page, {**SMALL, **LONG})
     page.fill("#field-name", "browser run")
     page.select_option("#field-compile", "false")
     page.fill("#field-n_embd", "33")
@@ -133,12 +157,9 @@ def test_dashboard(page: Any, site: Site, artifacts: Path) -> None:
     assert page.get_attribute("#field-n_embd", "aria-invalid") == "true"
     page.screenshot(path=str(artifacts / "dashboard-form-error.png"), full_page=True)
     page.fill("#field-n_embd", "32")
-    page.click("#create-run")
-    page.wait_for_url(re.compile(r"#/runs/[0-9a-f]+$"))
-    run_id = page.url.rsplit("/", 1)[1]
+    run_id = create_from_form(page)
     config = site.run(run_id)["config"]
     assert (config["n_embd"], config["max_iters"], config["compile"]) == (32, 1500, False)
-    mark("created")
 
     # The chart gains points while the run trains, over the WebSocket.
     def while_running() -> int:
@@ -146,11 +167,10 @@ def test_dashboard(page: Any, site: Site, artifacts: Path) -> None:
         # `running` got these points while the run trained.
         return points(page) if view(page, "status") == "running" else 0
 
-    first = wait_for(while_running, 60, "the first points on the chart while the run trains")
+    first = wait_for(while_running, 90, "the first points on the chart while the run trains")
     wait_for(lambda: while_running() > first, 60, "the chart to gain points while the run trains")
     page.wait_for_selector(".live-state:has-text('live')")
     page.click("text=log scale")  # the loss chart is redrawn on a log scale
-    mark("points")
 
     page.wait_for_selector("#view[data-status=succeeded]", timeout=120_000)
     wait_for(lambda: points(page) >= 1500, 10, "every iteration on the chart")
@@ -158,9 +178,12 @@ def test_dashboard(page: Any, site: Site, artifacts: Path) -> None:
     page.wait_for_selector("#log:has-text('run succeeded')")
     page.wait_for_selector(".summary li:not(.muted)")
     assert "Cancel run" not in page.inner_text(".run-head")
-    mark("succeeded")
+    assert not page.problems, "\n".join(page.problems)
 
-    # A sample streams into the page.
+
+def test_a_sample_streams_into_the_page(page: Any, site: Stack, finished: str, artifacts: Path) -> None:
+    page.goto(f"{site.url}/#/runs/{finished}")
+    page.wait_for_selector("#view[data-status=succeeded]")
     page.fill("textarea[name=prompt]", "ROMEO:")
     page.fill("input[name=max_new_tokens]", "300")
     page.click("#sample-go")
@@ -171,66 +194,73 @@ def test_dashboard(page: Any, site: Site, artifacts: Path) -> None:
     assert "checkpoint at iter 1500" in page.inner_text("#sample-meta")
     chunks = int(page.get_attribute("#sample-out", "data-chunks") or 0)
     assert chunks >= 1
-    mark("sampled")
     page.screenshot(path=str(artifacts / "dashboard-run.png"), full_page=True)
+    assert not page.problems, "\n".join(page.problems)
 
-    # A second run, from the first one's config, cancelled while it trains.
+
+def test_a_run_from_another_runs_config_is_cancelled_while_it_trains(page: Any, site: Stack) -> None:
+    source = site.submit({"max_iters": 10}, name="source")["id"]
+    site.http.post(f"/runs/{source}/cancel")  # only its config is wanted, not the worker's time
+    page.goto(f"{site.url}/#/runs/{source}")
     page.click("text=New run from this config")
     page.wait_for_selector("#field-n_layer")
     assert page.input_value("#field-n_layer") == "1"
     fill_form(page, {"max_iters": "200000", "lr_decay_iters": "200000"})
     page.fill("#field-name", "to cancel")
-    page.click("#create-run")
-    page.wait_for_url(re.compile(r"#/runs/[0-9a-f]+$"))
-    second = page.url.rsplit("/", 1)[1]
-    assert second != run_id
-    page.wait_for_selector("#view[data-status=running]", timeout=60_000)
+    second = create_from_form(page)
+    assert second != source
+    page.wait_for_selector("#view[data-status=running]", timeout=90_000)
     wait_for(lambda: points(page) > 0, 60, "the second run's points")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#cancel")
     page.wait_for_selector("#view[data-status=cancelled]", timeout=60_000)
     page.wait_for_selector("#log:has-text('run cancelled')")
     assert site.run(second)["status"] == "cancelled"
-    mark("cancelled")
+    assert not page.problems, "\n".join(page.problems)
 
-    # A run that diverges: the NaN warning is shown at its iteration, and the run fails.
-    page.click("a[data-nav=new]")
-    page.wait_for_selector("#field-n_layer")
+
+def test_a_diverging_run_shows_the_nan_warning_and_fails(page: Any, site: Stack, artifacts: Path) -> None:
+    new_run_form(page, site)
     blowup = {"learning_rate": "1e30", "min_lr": "0", "grad_clip": "0", "warmup_iters": "0"}
     fill_form(page, {**SMALL, **blowup, "max_iters": "100", "lr_decay_iters": "100"})
     page.select_option("#field-compile", "false")
-    page.click("#create-run")
-    page.wait_for_url(re.compile(r"#/runs/[0-9a-f]+$"))
-    page.wait_for_selector("#view[data-status=failed]", timeout=60_000)
+    create_from_form(page)
+    page.wait_for_selector("#view[data-status=failed]", timeout=90_000)
     page.wait_for_selector(".warnings li:has-text('iter 1 · nan_loss')")
     page.wait_for_selector("#reason:has-text('diverged')")
     page.screenshot(path=str(artifacts / "dashboard-diverged.png"), full_page=True)
-    mark("diverged")
+    assert not page.problems, "\n".join(page.problems)
+
+
+def test_the_runs_list_and_the_compare_chart(page: Any, site: Stack, finished: str, artifacts: Path) -> None:
+    cancelled = [site.submit({"max_iters": 200_000}, name=f"to compare {i}")["id"] for i in (1, 2)]
+    for run_id in cancelled:
+        assert site.http.post(f"/runs/{run_id}/cancel").status_code in (200, 202)
+        site.wait_status(run_id, {"cancelled"})
+    second = cancelled[0]
 
     # The compare page on its own lists the runs to pick from.
+    page.goto(site.url + "/")
     page.click("a[data-nav=compare]")
     page.wait_for_selector(".picker .chip >> nth=2")
     page.wait_for_selector("#compare-chart canvas")
 
     # The runs list shows both, and compares them.
     page.click("a[data-nav=runs]")
-    page.wait_for_selector(f"#run-{run_id}[data-status=succeeded]")
+    page.wait_for_selector(f"#run-{finished}[data-status=succeeded]")
     page.wait_for_selector(f"#run-{second}[data-status=cancelled]")
-    assert "1,500 / 1,500" in page.inner_text(f"#run-{run_id}")
-    page.check(f"#run-{run_id} input[type=checkbox]")
+    assert "1,500 / 1,500" in page.inner_text(f"#run-{finished}")
+    page.check(f"#run-{finished} input[type=checkbox]")
     page.check(f"#run-{second} input[type=checkbox]")
     page.screenshot(path=str(artifacts / "dashboard-runs.png"), full_page=True)
     page.click("#compare-selected")
     page.wait_for_selector("#view[data-series='2']")
     page.wait_for_selector("#compare-chart canvas")
     page.screenshot(path=str(artifacts / "dashboard-compare.png"), full_page=True)
-    mark("compared")
-
-    print(f"\ndashboard scenario timings (s since start): {timings}")
     assert not page.problems, "\n".join(page.problems)
 
 
-def test_resume_cuts_the_chart_and_a_dropped_socket_reconnects(browser: Any, site: Site) -> None:
+def test_resume_cuts_the_chart_and_a_dropped_socket_reconnects(page: Any, site: Stack) -> None:
     """What a real run shows only when a worker dies, played by a stand-in server (Playwright
     answers the page's requests for this run): the socket drops mid-run, the page reconnects
     with the last seq it saw, and a `status` with `from_iter` 50 removes the iterations from
@@ -303,31 +333,23 @@ def test_resume_cuts_the_chart_and_a_dropped_socket_reconnects(browser: Any, sit
         else:
             route.fulfill(json=detail)
 
-    context = keyed_context(browser, site)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
     page.route(re.compile(rf"/runs/{run_id}(/events[^/]*)?$"), on_request)
     page.route_web_socket(re.compile(rf"/runs/{run_id}/stream"), on_socket)
-    try:
-        page.goto(f"{site.url}/#/runs/{run_id}")
-        page.wait_for_selector("#log:has-text('resuming from iter 50')", timeout=20_000)
-        assert connections == [0, last_seq_of_first]
-        # Cut at once, before any new point: iters 0-49, evals at 0 and 50, no warning at 70.
-        wait_for(lambda: view(page, "points") == "50", 5, "the chart to be cut back to iters 0 to 49")
-        assert view(page, "evals") == "2"
-        assert page.locator(".warnings li").count() == 0
-        finish(resumed[0])
-        page.wait_for_selector("#view[data-status=succeeded]", timeout=20_000)
-        wait_for(lambda: view(page, "points") == "60", 5, "the chart to hold iters 0 to 59")
-        assert view(page, "evals") == "3"  # 0, 50 and 60
-        assert not problems, problems
-    finally:
-        context.close()
+    page.goto(f"{site.url}/#/runs/{run_id}")
+    page.wait_for_selector("#log:has-text('resuming from iter 50')", timeout=20_000)
+    assert connections == [0, last_seq_of_first]
+    # Cut at once, before any new point: iters 0-49, evals at 0 and 50, no warning at 70.
+    wait_for(lambda: view(page, "points") == "50", 5, "the chart to be cut back to iters 0 to 49")
+    assert view(page, "evals") == "2"
+    assert page.locator(".warnings li").count() == 0
+    finish(resumed[0])
+    page.wait_for_selector("#view[data-status=succeeded]", timeout=20_000)
+    wait_for(lambda: view(page, "points") == "60", 5, "the chart to hold iters 0 to 59")
+    assert view(page, "evals") == "3"  # 0, 50 and 60
+    assert not page.problems, "\n".join(page.problems)
 
 
-def test_live_points_stay_bounded(browser: Any, site: Site) -> None:
+def test_live_points_stay_bounded(page: Any, site: Stack) -> None:
     """A long run's live iterations are thinned on the page (run.js, LIVE_POINTS): the chart
     stays under its bound and responsive. A stand-in server streams the iter events as fast
     as it can (a profile of 20,000 showed the page's own code busy for under a second)."""
@@ -354,11 +376,6 @@ def test_live_points_stay_bounded(browser: Any, site: Site) -> None:
             body = {"run_id": run_id, "seq": i + 1, "type": "iter", "ts": 0, "iter": i, "loss": 4.0, "step_ms": 1.0}
             ws.send(json.dumps(body))
 
-    context = keyed_context(browser, site)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
     page.route(
         re.compile(rf"/runs/{run_id}(/events[^/]*)?$"),
         lambda route: route.fulfill(
@@ -366,16 +383,13 @@ def test_live_points_stay_bounded(browser: Any, site: Site) -> None:
         ),
     )
     page.route_web_socket(re.compile(rf"/runs/{run_id}/stream"), on_socket)
-    try:
-        t0 = time.monotonic()
-        page.goto(f"{site.url}/#/runs/{run_id}")
-        page.wait_for_selector(f"#log:has-text('iter {n - 1}:')", timeout=60_000)
-        shown = wait_for(lambda: int(view(page, "points") or 0), 5, "points on the chart")
-        took = time.monotonic() - t0
-        print(f"\n{n} live iter events: {shown} points kept, {took:.1f} s")
-        assert 1000 < shown <= 6000
-        page.hover("#loss-chart .u-over")  # the legend follows the cursor: the chart is live and drawn
-        assert page.inner_text("#loss-chart .u-legend").count("4.0000") >= 1
-        assert not problems, problems
-    finally:
-        context.close()
+    t0 = time.monotonic()
+    page.goto(f"{site.url}/#/runs/{run_id}")
+    page.wait_for_selector(f"#log:has-text('iter {n - 1}:')", timeout=60_000)
+    shown = wait_for(lambda: int(view(page, "points") or 0), 5, "points on the chart")
+    took = time.monotonic() - t0
+    print(f"\n{n} live iter events: {shown} points kept, {took:.1f} s")
+    assert 1000 < shown <= 6000
+    page.hover("#loss-chart .u-over")  # the legend follows the cursor: the chart is live and drawn
+    assert page.inner_text("#loss-chart .u-legend").count("4.0000") >= 1
+    assert not page.problems, "\n".join(page.problems)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 
-from tests.faults.conftest import FINAL, FaultStack, Row, Subscriber, finish, follow, is_final, run_config, statuses
-from tests.helpers import wait_for
+from tests.faults.conftest import FINAL, Row, Stack, Subscriber, finish, is_final, live_run, run_config, statuses
+from tests.harness import wait_for
 
 
 def live_again(subs: list[Subscriber], t_fault: float, t_back: float) -> float:
@@ -17,14 +18,19 @@ def live_again(subs: list[Subscriber], t_fault: float, t_back: float) -> float:
     return max(s.live_since(t_back) or 0.0 for s in subs) - t_fault
 
 
-def assert_running(stack: FaultStack, run_id: str) -> None:
+def fault_at(stack: Stack, run_id: str, subs: list[Subscriber], at: int, fault: Callable[[], str]) -> tuple[float, str]:
+    """At iteration `at` of the still running run, fault() (returning once the part is back,
+    with a note on how it went); then the seconds from the fault until every subscriber is
+    live again, and the note."""
+    stack.wait_iter(run_id, at)
     ev = stack.newest(run_id)
     assert ev is not None and not is_final(ev), f"the run ended before the fault: make it longer ({ev})"
+    t_fault = time.time()
+    note = fault()
+    return live_again(subs, t_fault, time.time()), note
 
 
-def check_one_attempt(
-    stack: FaultStack, run_id: str, subs: list[Subscriber], row: Row, max_iters: int, every: int
-) -> None:
+def check_one_attempt(stack: Stack, run_id: str, subs: list[Subscriber], row: Row, max_iters: int, every: int) -> None:
     """The run succeeded in one attempt, with every eval, checkpoint and status (the events
     that are never batched) and every iteration, once, in history and at each subscriber."""
     done, history = finish(stack, run_id, subs, row, max_iters)
@@ -34,52 +40,41 @@ def check_one_attempt(
     assert [e["iter"] for e in history if e["type"] == "checkpoint"] == evals[1:]
 
 
-def test_redis_restarted_mid_run(stack: FaultStack, row: Row) -> None:
+def test_redis_restarted_mid_run(stack: Stack, row: Row) -> None:
     row.fault = "3. Redis restarted twice mid-run (SIGTERM, same port, append-only file)"
-    stack.up(workers=1)
     max_iters, eval_interval = 1200, 200
-    run_id = stack.submit(run_config(max_iters, eval_interval))
-    subs = follow(stack, run_id, 2)
-    recover, down = [], []
-    for at in (250, 700):
-        stack.wait_iter(run_id, at)
-        if at == 250:  # a run queued behind it: its message lives only in Redis
-            waiting = stack.submit(run_config(20, eval_interval=10))
-        assert_running(stack, run_id)
-        t_fault = time.time()
-        down.append(stack.restart_redis())
-        recover.append(live_again(subs, t_fault, time.time()))
-    row.recover_s = max(recover)
+    run_id, subs = live_run(stack, max_iters, eval_interval, subscribers=2)
+    stack.wait_iter(run_id, 250)
+    waiting = stack.submit(run_config(20, eval_interval=10))["id"]  # queued behind it: its message lives only in Redis
+    restarts = [fault_at(stack, run_id, subs, at, lambda: f"{stack.restart_redis():.2f}") for at in (250, 700)]
+    row.recover_s = max(r for r, _ in restarts)
     row.note = (
-        f"Redis down {', '.join(f'{d:.2f}' for d in down)} s; every subscriber live again "
-        f"{', '.join(f'{r:.1f}' for r in recover)} s after the fault; WebSocket reconnects {[s.connects - 1 for s in subs]}"
+        f"Redis down {', '.join(down for _, down in restarts)} s; every subscriber live again "
+        f"{', '.join(f'{r:.1f}' for r, _ in restarts)} s after the fault; "
+        f"WebSocket reconnects {[s.connects - 1 for s in subs]}"
     )
     check_one_attempt(stack, run_id, subs, row, max_iters, eval_interval)
     assert stack.wait_status(waiting, FINAL, timeout=60)["status"] == "succeeded"
 
 
-def test_api_restarted_mid_run(stack: FaultStack, row: Row) -> None:
+def test_api_restarted_mid_run(stack: Stack, row: Row) -> None:
     row.fault = "4. API restarted mid-run (SIGTERM, then SIGKILL), 4 WebSocket subscribers"
-    stack.up(workers=1)
     max_iters, eval_interval = 3000, 500
-    run_id = stack.submit(run_config(max_iters, eval_interval))
-    subs = follow(stack, run_id, 4)
-    recover, steps = [], []
-    for at, sig in ((200, signal.SIGTERM), (1200, signal.SIGKILL)):
-        stack.wait_iter(run_id, at)
-        assert_running(stack, run_id)
-        t_fault = time.time()
+    run_id, subs = live_run(stack, max_iters, eval_interval, subscribers=4)
+
+    def restart_api(sig: signal.Signals) -> str:
         assert stack.api_proc is not None
+        t_fault = time.time()
         stack.api_proc.stop(sig)
         t_down = time.time()
         stack.start_api()
-        t_back = time.time()
-        recover.append(live_again(subs, t_fault, t_back))
-        steps.append(
-            f"{sig.name}: stopped in {t_down - t_fault:.1f} s, up again in {t_back - t_down:.1f} s, "
-            f"every subscriber live again {recover[-1]:.1f} s after the fault"
-        )
-    row.recover_s = max(recover)
-    row.note = "; ".join(steps)
+        return f"{sig.name}: stopped in {t_down - t_fault:.1f} s, up again in {time.time() - t_down:.1f} s"
+
+    restarts = [
+        fault_at(stack, run_id, subs, at, lambda sig=sig: restart_api(sig))
+        for at, sig in ((200, signal.SIGTERM), (1200, signal.SIGKILL))
+    ]
+    row.recover_s = max(r for r, _ in restarts)
+    row.note = "; ".join(f"{note}, every subscriber live again {r:.1f} s after the fault" for r, note in restarts)
     check_one_attempt(stack, run_id, subs, row, max_iters, eval_interval)
     assert all(s.connects >= 3 for s in subs), [s.connects for s in subs]

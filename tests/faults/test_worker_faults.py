@@ -1,5 +1,6 @@
 """A training worker lost (SIGKILL, SIGSTOP, killed mid-checkpoint) or a message delivered
-twice: the run's lease, the reaper and the fenced writes keep one timeline (DESIGN.md, "Runs")."""
+twice: the run's lease, the reaper and the fenced writes keep one timeline: exactly one
+worker trains a run at a time, and a lost attempt's late writes are refused."""
 
 from __future__ import annotations
 
@@ -15,19 +16,18 @@ from api.settings import Settings
 from tests.faults.conftest import (
     FINAL,
     Event,
-    FaultStack,
-    Proc,
     Row,
+    Stack,
     Tally,
     check_history,
     check_subscribers,
     finish,
-    follow,
     is_final,
+    live_run,
     run_config,
     statuses,
 )
-from tests.helpers import wait_for
+from tests.harness import Proc, wait_for
 
 
 def check_recovered(events: list[Event]) -> Event:
@@ -42,20 +42,20 @@ def check_recovered(events: list[Event]) -> Event:
     return resumed
 
 
-def attempts_started(stack: FaultStack, run_id: str) -> list[int]:
+def attempts_started(stack: Stack, run_id: str) -> list[int]:
     """The attempts started, by the `attempt N starting` lines across every worker's log."""
     pattern = re.compile(rf"run {run_id}: attempt (\d+) starting")
     return sorted(int(n) for w in stack.workers for n in pattern.findall(w.text()))
 
 
-def trainer_of(stack: FaultStack, run_id: str) -> Proc:
+def trainer_of(stack: Stack, run_id: str) -> Proc:
     def found() -> Proc | None:
         return next((w for w in stack.workers if f"run {run_id}: attempt 1 starting" in w.text()), None)
 
     return wait_for(found, 30, "a worker to start the run")
 
 
-def reference_losses(stack: FaultStack, config: dict[str, Any], out_dir: Path) -> dict[int, float]:
+def reference_losses(stack: Stack, config: dict[str, Any], out_dir: Path) -> dict[int, float]:
     """The same run, uninterrupted, in this process (one torch thread, as the workers)."""
     import torch
 
@@ -71,12 +71,10 @@ def reference_losses(stack: FaultStack, config: dict[str, Any], out_dir: Path) -
         torch.set_num_threads(threads)
 
 
-def test_worker_killed_mid_run_resumes_from_its_checkpoint(stack: FaultStack, row: Row, tmp_path: Path) -> None:
+def test_worker_killed_mid_run_resumes_from_its_checkpoint(stack: Stack, row: Row, tmp_path: Path) -> None:
     row.fault = "1. train worker SIGKILLed mid-run; a new worker started"
-    stack.up(workers=1)
     max_iters = 900
-    run_id = stack.submit(run_config(max_iters, eval_interval=300))
-    subs = follow(stack, run_id)
+    run_id, subs = live_run(stack, max_iters, eval_interval=300)
     # Past the checkpoint at 300, and far enough that a batch of iter events after it is in
     # the database: the resumed attempt must supersede those too (from its first step on).
     wait_for(lambda: stack.db_max_iter(run_id) >= 300, 60, "iter events after the checkpoint in the database", 0.02)
@@ -106,12 +104,12 @@ def test_worker_killed_mid_run_resumes_from_its_checkpoint(stack: FaultStack, ro
     assert diff <= 1e-3, row.note
 
 
-def test_worker_killed_with_no_restarts_left_fails(stack: FaultStack, row: Row) -> None:
+def test_worker_killed_with_no_restarts_left_fails(stack: Stack, row: Row) -> None:
     row.fault = "2. train worker SIGKILLed, max_restarts 0, no new worker"
-    stack.up(workers=1)
-    run_id = stack.submit(run_config(100_000, eval_interval=1000), max_restarts=0)
+    stack.up(train=1)
+    run_id = stack.submit(run_config(100_000, eval_interval=1000), max_restarts=0)["id"]
     assert stack.run(run_id)["max_restarts"] == 0
-    subs = follow(stack, run_id)
+    subs = stack.follow(run_id)
     stack.wait_iter(run_id, 20)
     t_fault = time.time()
     stack.workers[0].stop(signal.SIGKILL)
@@ -152,15 +150,13 @@ def _kill_while_saving(worker: Proc, run_dir: Path, full_size: int, timeout: flo
     raise AssertionError("no checkpoint write caught in progress")
 
 
-def test_worker_killed_while_writing_a_checkpoint(stack: FaultStack, row: Row) -> None:
+def test_worker_killed_while_writing_a_checkpoint(stack: Stack, row: Row) -> None:
     import torch
 
     row.fault = "5. train worker SIGKILLed during a checkpoint write"
-    stack.up(workers=1)
     max_iters = 30
     big = {"n_layer": 4, "n_head": 4, "n_embd": 256, "eval_iters": 2}  # ~38 MB per checkpoint
-    run_id = stack.submit(run_config(max_iters, eval_interval=10, **big))
-    subs = follow(stack, run_id)
+    run_id, subs = live_run(stack, max_iters, eval_interval=10, **big)
     ckpt = stack.run_dir(run_id) / "ckpt.pt"
     wait_for(ckpt.exists, 90, "the first checkpoint")
     tmp = _kill_while_saving(stack.workers[0], ckpt.parent, ckpt.stat().st_size)
@@ -180,11 +176,11 @@ def test_worker_killed_while_writing_a_checkpoint(stack: FaultStack, row: Row) -
     row.note = f"killed writing the checkpoint of iter 20 ({tmp.name}); resumed from 10; the partial file removed"
 
 
-def test_same_message_delivered_twice(stack: FaultStack, row: Row) -> None:
+def test_same_message_delivered_twice(stack: Stack, row: Row) -> None:
     row.fault = "6. the run's queue message sent again (3x: at once, mid-run, after)"
-    stack.up(workers=2)
+    stack.up(train=2)
     max_iters = 400
-    run_id = stack.submit(run_config(max_iters, eval_interval=100))
+    run_id = stack.submit(run_config(max_iters, eval_interval=100))["id"]
     celery = make_celery(Settings(redis_url=stack.redis_url))
     try:
 
@@ -192,7 +188,7 @@ def test_same_message_delivered_twice(stack: FaultStack, row: Row) -> None:
             celery.send_task(TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
 
         send()  # two messages, two idle workers: both try to claim
-        subs = follow(stack, run_id)
+        subs = stack.follow(run_id)
         stack.wait_iter(run_id, 150)
         send()  # the idle worker gets it while the other trains
         done, history = finish(stack, run_id, subs, row, max_iters)
@@ -212,22 +208,20 @@ def test_same_message_delivered_twice(stack: FaultStack, row: Row) -> None:
     row.note = f"{deliveries()} deliveries, 1 attempt"
 
 
-def test_frozen_worker_is_fenced_off(stack: FaultStack, row: Row) -> None:
+def test_frozen_worker_is_fenced_off(stack: Stack, row: Row) -> None:
     row.fault = "7. train worker SIGSTOPped until its lease expired, then SIGCONTed"
-    stack.up(workers=2)
     max_iters = 1200
-    run_id = stack.submit(run_config(max_iters, eval_interval=100))
-    subs = follow(stack, run_id)
+    run_id, subs = live_run(stack, max_iters, eval_interval=100, workers=2)
     frozen = trainer_of(stack, run_id)
     stack.wait_iter(run_id, 130)
     t_fault = time.time()
-    frozen.send(signal.SIGSTOP)
+    frozen.freeze()
 
     # The other worker takes over: attempt 2, from the checkpoint.
     wait_for(lambda: stack.run(run_id)["attempt"] == 2, 60, "attempt 2")
     recovering = next(e for e in stack.events(run_id) if e["type"] == "status" and e["status"] == "recovering")
     ckpt = stack.run_dir(run_id) / "ckpt.pt"
-    frozen.send(signal.SIGCONT)
+    frozen.thaw()
 
     def zombie_returned() -> bool:
         return re.search(r"Task worker\.train\[[^\]]+\] (succeeded in|raised)", frozen.text()) is not None

@@ -16,8 +16,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from api.cli import gptjobs_argv, serve_argv
 from api.migrate import upgrade
-from tests.helpers import ROOT, TINY, free_port, redis_server, service_env, stop, wait_healthy
+from tests.harness import ROOT, TINY, Stack, free_port, gptjobs, service_env, stop
 
 
 @dataclass
@@ -32,42 +33,36 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def gptjobs(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "api.cli", *args]
-    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _new_key(env: dict[str, str], name: str) -> str:
-    out = gptjobs(env, "keys", "create", "--name", name)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+def _new_keys(env: dict[str, str], names: list[str]) -> dict[str, str]:
+    """`gptjobs keys create --name NAME` for each name, side by side; the keys they print."""
+    procs = {
+        name: subprocess.Popen(
+            gptjobs_argv("keys", "create", "--name", name),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    }
+    keys = {}
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        keys[name] = out.strip().splitlines()[-1]
+    return keys
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("auth")
-    with redis_server() as redis_url:
-        db_url = f"sqlite:///{data_dir / 'gptjobs.db'}"
-        upgrade(db_url)
-        env = service_env(data_dir, redis_url, db_url)
-        env |= {"GPTJOBS_MAX_ACTIVE_RUNS": "2", "GPTJOBS_MAX_ITERS": "10000"}
-        keys = {name: _new_key(env, name) for name in ("alice", "bob", "carol", "erin")}
-        port = free_port()
-        with open(data_dir / "api.log", "wb") as log:
-            p = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-
-            wait_healthy(url, [p])
-            yield Server(url, env, keys, data_dir / "api.log")
-        finally:
-            stop(p)
+    limits = {"GPTJOBS_MAX_ACTIVE_RUNS": "2", "GPTJOBS_MAX_ITERS": "10000"}
+    with Stack(tmp_path_factory.mktemp("auth"), env=limits) as stack:
+        stack.start_redis()
+        stack.migrate()
+        keys = _new_keys(stack.env, ["alice", "bob", "carol", "erin"])
+        stack.start_api()
+        yield Server(stack.url, stack.env, keys, stack.logs / "api.log")
 
 
 def _ws_close_code(url: str, headers: dict[str, str] | None = None) -> int | None:
@@ -200,8 +195,7 @@ def test_open_mode_only_on_loopback(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "refusing to serve on 0.0.0.0 with no API keys" in out.stderr
     # On loopback it starts, and says it is open.
-    port = free_port()
-    argv = [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv = serve_argv("127.0.0.1", free_port())
     p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stderr is not None
@@ -225,24 +219,16 @@ def test_open_mode_refuses_non_loopback_requests_however_started(tmp_path: Path)
     ip = _outward_ip()
     if ip is None:
         pytest.skip("NO NON-LOOPBACK ADDRESS ON THIS MACHINE: open mode's per-request guard NOT TESTED")
-    with redis_server() as redis_url:
-        db_url = f"sqlite:///{tmp_path / 'gptjobs.db'}"
-        upgrade(db_url)
-        env = service_env(tmp_path, redis_url, db_url)
-        port = free_port()
+    with Stack(tmp_path) as stack:
+        stack.start_redis()
+        stack.migrate()
         # Plain uvicorn on every address: `gptjobs serve`'s start-up check never runs.
-        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", str(port)]
-        p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            local = f"http://127.0.0.1:{port}"
-
-            wait_healthy(local, [p])
-            assert httpx.get(local + "/runs").status_code == 200
-            outside = httpx.get(f"http://{ip}:{port}/runs")
-            assert outside.status_code == 403 and "only on loopback" in outside.json()["detail"]
-            assert _ws_close_code(f"ws://{ip}:{port}/runs/x/stream") == 4403
-        finally:
-            stop(p)
+        uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", str(stack.api_port)]
+        stack.start_api(argv=uvicorn)
+        assert httpx.get(stack.url + "/runs").status_code == 200
+        outside = httpx.get(f"http://{ip}:{stack.api_port}/runs")
+        assert outside.status_code == 403 and "only on loopback" in outside.json()["detail"]
+        assert _ws_close_code(f"ws://{ip}:{stack.api_port}/runs/x/stream") == 4403
 
 
 def test_revoking_every_key_does_not_open_the_server(tmp_path: Path) -> None:

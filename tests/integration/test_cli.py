@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import ROOT, free_port, wait_for
+from tests.harness import ROOT, free_port, wait_for
 
 
 def _children(pid: int) -> set[int]:

@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, TINY, free_port, stop
-from tests.integration.conftest import Stack
+from tests.harness import ROOT, TINY, Stack, free_port, stop
 
 GPTJOBS = [sys.executable, "-m", "api.cli"]
 BAR = re.compile(r"\] (?:\w+  )?(\d+)/(\d+)  loss (\d+\.\d{4})  val (\S+)  step (\S+)ms  mfu (\S+)  eta (\S+)")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import gptjobs
-from tests.helpers import TINY, free_port
+from tests.harness import TINY, free_port
 from tests.integration.conftest import Stack
 
 CONFIG = {**TINY, "max_iters": 40, "lr_decay_iters": 40, "eval_interval": 20, "warmup_iters": 0}

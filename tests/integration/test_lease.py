@@ -22,7 +22,7 @@ from api.queue import TRAIN_QUEUE, TRAIN_TASK, make_celery
 from api.reaper import Reaper
 from api.redis_keys import lease_key, stream_key
 from api.settings import Settings
-from tests.helpers import redis_server
+from tests.harness import redis_server
 from worker.lease import Lease, LeaseLost
 from worker.sink import EventSink
 from worker.tasks import claim

@@ -7,15 +7,10 @@ import json
 from pathlib import Path
 
 import redis
-from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from api.main import create_app
-from api.migrate import upgrade
-from api.settings import Settings
-from tests.helpers import free_port, wait_for
-from tests.integration.conftest import Stack
+from tests.harness import Stack, app_client, wait_for
 
 LONG = {"max_iters": 1_000_000, "lr_decay_iters": 1_000_000, "eval_interval": 1_000_000, "eval_iters": 2}
 HIST = "gptjobs_http_request_duration_seconds"
@@ -54,7 +49,7 @@ def test_counts_move_with_a_run_requests_and_sockets(stack: Stack) -> None:
         dict(labels)["status"] for name, labels in before if name == "gptjobs_runs"
     }
 
-    run = stack.submit(max_iters=10, lr_decay_iters=10, eval_interval=5, warmup_iters=0)
+    run = stack.submit(dict(max_iters=10, lr_decay_iters=10, eval_interval=5, warmup_iters=0))
     run_id = run["id"]
     assert stack.wait_status(run_id, {"succeeded", "failed"})["status"] == "succeeded", stack.log_tail("train")
     streamed, code = stack.stream(run_id)  # a finished run: its history, then a normal close
@@ -98,7 +93,7 @@ def test_counts_move_with_a_run_requests_and_sockets(stack: Stack) -> None:
 def test_queue_depth_throughput_and_open_sockets_while_a_run_trains(stack: Stack) -> None:
     r = redis.Redis.from_url(stack.redis_url)
     ws_before = value(scrape(stack), "gptjobs_websocket_clients")
-    busy = stack.submit(**LONG)["id"]
+    busy = stack.submit(LONG)["id"]
     waiting: str | None = None
     try:
         # Throughput: the running run's newest iter event on its stream.
@@ -154,10 +149,8 @@ def test_queue_depth_throughput_and_open_sockets_while_a_run_trains(stack: Stack
 
 
 def test_without_redis_it_still_answers_with_what_it_has(tmp_path: Path) -> None:
-    # A port nothing listens on: the database part is still reported, Redis is marked down.
-    settings = Settings(data_dir=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    upgrade(settings.db_url)
-    with TestClient(create_app(settings)) as client:
+    # No Redis: the database part is still reported, Redis is marked down.
+    with app_client(tmp_path) as client:
         resp = client.get("/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     samples = parse(resp.text)

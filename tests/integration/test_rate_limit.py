@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
-from api.migrate import upgrade
-from api.settings import Settings
-from tests.helpers import TINY, redis_server
+from tests.harness import TINY, app_client, redis_server
 
 
 class Clock:
@@ -27,11 +24,8 @@ class Clock:
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[tuple[TestClient, Clock]]:
     clock = Clock(1_000 * 60 + 50.0)  # 50 s into a minute: 10 s of it left
-    with redis_server() as redis_url:
-        settings = Settings(data_dir=tmp_path, redis_url=redis_url, sample_requests_per_min=2)
-        upgrade(settings.db_url)
-        with TestClient(create_app(settings, clock=clock)) as client:
-            yield client, clock
+    with redis_server() as redis_url, app_client(tmp_path, redis_url, clock=clock, sample_requests_per_min=2) as client:
+        yield client, clock
 
 
 def test_samples_over_the_limit_are_429_until_the_next_minute(app: tuple[TestClient, Clock]) -> None:

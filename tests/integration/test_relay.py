@@ -16,7 +16,7 @@ from api.migrate import upgrade
 from api.redis_keys import stream_key
 from api.relay import Relay, follow
 from api.settings import Settings
-from tests.helpers import redis_server
+from tests.harness import redis_server
 from worker.lease import Lease
 from worker.sink import EventSink
 

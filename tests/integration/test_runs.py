@@ -6,8 +6,7 @@ import json
 import time
 from typing import Any
 
-from tests.helpers import TINY
-from tests.integration.conftest import Stack
+from tests.harness import TINY, Stack
 
 LONG = {"max_iters": 1_000_000, "lr_decay_iters": 1_000_000, "eval_interval": 1_000_000, "eval_iters": 2}
 
@@ -17,7 +16,7 @@ def _seqs(events: list[dict[str, Any]]) -> list[int]:
 
 
 def test_tiny_run_streams_every_event_then_closes(stack: Stack) -> None:
-    run = stack.submit(max_iters=60, eval_interval=20, lr_decay_iters=60, warmup_iters=0)
+    run = stack.submit(dict(max_iters=60, eval_interval=20, lr_decay_iters=60, warmup_iters=0))
     assert run["status"] == "queued" and run["config"]["n_layer"] == 1
     events, code = stack.stream(run["id"])
     assert code == 1000, stack.log_tail("train")
@@ -70,7 +69,7 @@ def test_tiny_run_streams_every_event_then_closes(stack: Stack) -> None:
 
 
 def test_reconnect_mid_run_then_cancel(stack: Stack) -> None:
-    run = stack.submit(**LONG)
+    run = stack.submit(LONG)
     first, code = stack.stream(run["id"], stop_after=30)
     assert code is None and _seqs(first) == list(range(1, 31))
     assert stack.run(run["id"])["status"] == "running"
@@ -94,10 +93,10 @@ def test_reconnect_mid_run_then_cancel(stack: Stack) -> None:
 
 
 def test_one_worker_runs_one_at_a_time(stack: Stack) -> None:
-    busy = stack.submit(**LONG)
+    busy = stack.submit(LONG)
     stack.wait_status(busy["id"], {"running"})
-    waiting = stack.submit(max_iters=10, eval_interval=10)
-    doomed = stack.submit(max_iters=10, eval_interval=10)
+    waiting = stack.submit(dict(max_iters=10, eval_interval=10))
+    doomed = stack.submit(dict(max_iters=10, eval_interval=10))
     time.sleep(1.5)
     assert stack.run(waiting["id"])["status"] == "queued"
 
@@ -152,7 +151,9 @@ def _strict_json(text: str) -> Any:
 
 def test_a_diverging_run_fails_and_says_why(stack: Stack) -> None:
     # A learning rate this large makes the loss NaN within a few steps (as in tests/unit/test_train.py).
-    run = stack.submit(max_iters=200, lr_decay_iters=200, learning_rate=1e6, min_lr=0, warmup_iters=0, grad_clip=0)
+    run = stack.submit(
+        dict(max_iters=200, lr_decay_iters=200, learning_rate=1e6, min_lr=0, warmup_iters=0, grad_clip=0)
+    )
     events, code = stack.stream(run["id"])
     assert code == 1000, stack.log_tail("train")
     final = events[-1]

@@ -18,8 +18,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.settings import Settings
-from tests.helpers import wait_for
-from tests.integration.conftest import Stack
+from tests.harness import Stack, wait_for
 
 NANOGPT_KEYS = {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config"}
 NANOGPT_MODEL_ARGS = {"n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout"}
@@ -27,7 +26,7 @@ NANOGPT_MODEL_ARGS = {"n_layer", "n_head", "n_embd", "block_size", "bias", "voca
 
 @pytest.fixture(scope="module")
 def finished(stack: Stack) -> str:
-    run = stack.submit(max_iters=40, lr_decay_iters=40, eval_interval=20, warmup_iters=0)
+    run = stack.submit(dict(max_iters=40, lr_decay_iters=40, eval_interval=20, warmup_iters=0))
     assert stack.wait_status(run["id"], {"succeeded", "failed"})["status"] == "succeeded", stack.log_tail("train")
     return run["id"]
 
@@ -131,7 +130,7 @@ def test_errors_are_answers(stack: Stack, sample_worker: None, finished: str) ->
 
 
 def test_sample_while_training(stack: Stack, sample_worker: None) -> None:
-    run = stack.submit(max_iters=1_000_000, lr_decay_iters=1_000_000, eval_interval=25, eval_iters=2)
+    run = stack.submit(dict(max_iters=1_000_000, lr_decay_iters=1_000_000, eval_interval=25, eval_iters=2))
     queued = stack.submit()  # behind the first on the one training worker
     status, detail = _post_detail(stack, queued["id"])
     assert status == 409 and "no checkpoint yet: it is queued" in detail

@@ -23,12 +23,12 @@ from schemathesis.checks import not_a_server_error
 
 from api.lifecycle import TERMINAL
 from gpt.config import FIELDS
-from tests.integration.conftest import Stack
+from tests.harness import Stack
 
 
 @pytest.fixture(scope="module")
 def real_run(stack: Stack) -> str:
-    run = stack.submit(max_iters=10, lr_decay_iters=10, eval_interval=5, warmup_iters=0)
+    run = stack.submit(dict(max_iters=10, lr_decay_iters=10, eval_interval=5, warmup_iters=0))
     assert stack.wait_status(run["id"], {"succeeded", "failed"})["status"] == "succeeded", stack.log_tail("train")
     return run["id"]
 

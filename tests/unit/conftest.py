@@ -7,28 +7,21 @@ import pytest
 import torch
 
 from gpt.config import TrainConfig, make_config
+from tests.configs import TINY as SERVICE_TINY
 
 # One thread: the tests share two cores with other processes, where OpenMP threads that
 # spin-wait for each other slow a step down tenfold.
 torch.set_num_threads(1)
 
-TINY: dict[str, Any] = dict(
-    dataset="shakespeare_char",
-    device="cpu",
-    compile=False,
-    n_layer=1,
-    n_head=2,
-    n_embd=32,
-    block_size=32,
-    batch_size=4,
-    eval_iters=2,
-    eval_interval=10,
-    log_interval=1,
-    max_iters=20,
-    lr_decay_iters=20,
-    warmup_iters=2,
-    dropout=0.0,
-)
+# The shared tiny model, as short runs that evaluate (and checkpoint) every 10 iterations.
+TINY: dict[str, Any] = SERVICE_TINY | {
+    "eval_iters": 2,
+    "eval_interval": 10,
+    "max_iters": 20,
+    "lr_decay_iters": 20,
+    "warmup_iters": 2,
+    "dropout": 0.0,
+}
 
 
 @pytest.fixture(scope="session")

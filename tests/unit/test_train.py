@@ -17,6 +17,7 @@ from gpt.data import Dataset
 from gpt.flops import flops_per_token
 from gpt.readings import overfitting
 from gpt.train import LOW_MFU_AT, MFU_WARMUP, lr_at, train
+from tests.configs import NANOGPT_CPU
 
 
 def run(cfg, data_dir: Path, **kw: Any) -> list[dict[str, Any]]:
@@ -254,24 +255,7 @@ def test_nanogpt_parity_at_step_250(data_dir: Path, tmp_path: Path) -> None:
     # machine, printed "step 250: train loss 2.4293, val loss 2.4447". Same init, same
     # batches in the same order, same update: the same numbers (to rounding, whatever
     # the CPU's kernels).
-    cfg = make_config(
-        dict(
-            dataset="shakespeare_char",
-            device="cpu",
-            compile=False,
-            eval_iters=20,
-            log_interval=250,
-            block_size=64,
-            batch_size=12,
-            n_layer=4,
-            n_head=4,
-            n_embd=128,
-            max_iters=250,
-            lr_decay_iters=2000,
-            dropout=0.0,
-            out_dir=str(tmp_path),
-        )
-    )
+    cfg = make_config({**NANOGPT_CPU, "log_interval": 250, "max_iters": 250, "out_dir": str(tmp_path)})
     evals = of(run(cfg, data_dir), "eval")
     assert evals[-1]["iter"] == 250
     assert evals[-1]["train_loss"] == pytest.approx(2.4293, abs=0.005)

@@ -14,7 +14,7 @@ from api.main import create_app
 from api.migrate import upgrade
 from api.settings import Settings
 from gpt.readings import overfitting
-from tests.helpers import free_port
+from tests.harness import free_port
 
 CFG = {"max_iters": 1000, "batch_size": 4, "block_size": 64, "n_embd": 128, "eval_interval": 100, "eval_iters": 200}
 

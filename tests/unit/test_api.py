@@ -8,18 +8,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
-from api.migrate import upgrade
-from api.settings import Settings
-from tests.helpers import TINY, free_port
+from tests.harness import TINY, app_client
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    # A port nothing listens on: these requests must be answered before Redis is needed.
-    settings = Settings(data_dir=tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", max_params=1_000_000)
-    upgrade(settings.db_url)
-    with TestClient(create_app(settings)) as c:
+    # No Redis: these requests must be answered before Redis is needed.
+    with app_client(tmp_path, max_params=1_000_000) as c:
         yield c
 
 

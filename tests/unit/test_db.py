@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from api.db import Database, E, R, Run, dumps, event_row, insert_events
 from api.migrate import upgrade
-from tests.helpers import ROOT
+from tests.harness import ROOT
 
 WRITER = """
 import sys, time

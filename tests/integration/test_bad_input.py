@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
-from api.migrate import upgrade
-from api.settings import Settings
-from tests.helpers import TINY, redis_server
+from tests.harness import TINY, app_client, redis_server
 
 LIMIT = 4096
 JSON = {"content-type": "application/json"}
@@ -27,9 +24,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def client(tmp_path: Path, redis_url: str) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, redis_url=redis_url, max_body_bytes=LIMIT)
-    upgrade(settings.db_url)
-    with TestClient(create_app(settings)) as c:
+    with app_client(tmp_path, redis_url, max_body_bytes=LIMIT) as c:
         yield c
 
 

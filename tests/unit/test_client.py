@@ -33,7 +33,7 @@ from gptjobs import Run
 from gptjobs import stream as stream_module
 from gptjobs.errors import from_response
 from gptjobs.sampling import sse_events
-from tests.helpers import ROOT, free_port
+from tests.harness import ROOT, free_port
 
 
 def _parse(*argv: str) -> argparse.Namespace:

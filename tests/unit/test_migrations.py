@@ -1,12 +1,10 @@
-"""Alembic migrations up and down, on SQLite and on a real PostgreSQL server."""
+"""Alembic migrations up and down, on SQLite and on a real PostgreSQL server (the
+`postgres_url` fixture of tests/conftest.py, which puts its test in the `postgres` tier)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -14,17 +12,6 @@ from sqlmodel import SQLModel
 
 import api.db  # noqa: F401  (the tables)
 from api.migrate import downgrade, upgrade
-from tests.helpers import pg_bin, postgres_server
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if not (pg_bin("initdb") and pg_bin("pg_ctl")):
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must test PostgreSQL: install it (apt-get install -y postgresql)")
-        pytest.skip("NO POSTGRESQL BINARIES (initdb/pg_ctl) ON THIS MACHINE: PostgreSQL migrations NOT TESTED")
-    with postgres_server() as url:
-        yield url
 
 
 def _round_trip(url: str) -> None:

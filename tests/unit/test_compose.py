@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.harness import ROOT
 
 
 def test_compose_file_is_valid() -> None:

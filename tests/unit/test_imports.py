@@ -6,7 +6,7 @@ import ast
 import subprocess
 import sys
 
-from tests.helpers import ROOT
+from tests.harness import ROOT
 
 
 def test_api_never_imports_torch_or_worker() -> None:
