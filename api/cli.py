@@ -1,11 +1,11 @@
 """`gptjobs`: the whole service in one command (`up`), or its parts one at a time.
 
-    gptjobs up [--port 8000]        Redis + migrations + API + a train and a sample worker
+    gptjobs up [--port 8000]        Redis + migrations + API + a train, a sample and a prepare worker
     gptjobs serve [--port 8000]     the API alone (migrations are `gptjobs migrate`)
     gptjobs worker --queue train    one Celery worker process (solo pool)
     gptjobs migrate                 alembic upgrade head
     gptjobs keys create --name N    an API key (also `keys list`, `keys revoke ID`)
-    gptjobs submit|list|show|watch|log|cancel|sample   the client (api/client.py)
+    gptjobs submit|list|show|watch|log|cancel|sample|datasets   the client (api/client.py)
 
 A command-line front end, so it prints. It imports neither torch nor worker/: workers run
 as `celery -A worker.app` processes.
@@ -191,14 +191,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(refused, file=sys.stderr)
             return 2
         api = children.start("api", serve_argv(args.host, args.port), logs / "api.log", env)
-        for queue in ("train", "sample"):
+        for queue in ("train", "sample", "prepare"):
             children.start(f"{queue} worker", gptjobs_argv("worker", "--queue", queue), logs / f"{queue}.log", env)
         url = f"http://{args.host}:{args.port}"
         _wait_ready(lambda: _http_ok(url + "/healthz"), "the API", api, 60, logs / "api.log")
         print(f"gptjobs is up.\n  API        {url}  (docs: {url}/docs)")
         print(f"  Redis      {env['GPTJOBS_REDIS_URL']}\n  database   {settings.db_url}")
         print(f"  data       {data_dir}  (checkpoints in runs/, datasets in datasets/)")
-        print(f"  logs       {logs}/{{api,train,sample,redis}}.log\nCtrl-C stops everything.", flush=True)
+        print(f"  logs       {logs}/{{api,train,sample,prepare,redis}}.log\nCtrl-C stops everything.", flush=True)
         while (gone := children.exited()) is None:
             time.sleep(0.5)
         print(f"gptjobs: {gone[0]} exited with code {gone[1]}; stopping the rest (see {logs})", file=sys.stderr)
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(fn=cmd_serve)
     worker = sub.add_parser("worker", help="run a Celery worker (one run at a time)")
-    worker.add_argument("--queue", choices=["train", "sample"], required=True)
+    worker.add_argument("--queue", choices=["train", "sample", "prepare"], required=True)
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(fn=cmd_worker)
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")

@@ -22,4 +22,5 @@ def test_compose_file_is_valid() -> None:
     assert out.returncode == 0, out.stderr
     assert "capabilities:" in out.stdout and "gpu" in out.stdout  # the training worker reserves a GPU
     services = subprocess.run([*compose, "config", "--services"], capture_output=True, text=True, timeout=60)
-    assert {"redis", "postgres", "migrate", "api", "train-worker", "sample-worker"} <= set(services.stdout.split())
+    expected = {"redis", "postgres", "migrate", "api", "train-worker", "sample-worker", "prepare-worker"}
+    assert expected <= set(services.stdout.split())
