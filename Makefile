@@ -19,7 +19,7 @@ dev: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
 
-# The nanoGPT README's CPU run, through gptjobs' engine: about 3 minutes on two cores.
+# The nanoGPT README's CPU run, through gptjobs' engine: 2 to 3 minutes on two cores.
 train: install
 	$(BIN)/python -m gpt train --dataset=shakespeare_char --device=cpu --compile=False --eval_iters=20 \
 		--log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 \

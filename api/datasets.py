@@ -130,6 +130,11 @@ def prepared_dir(settings: Settings, content_key: str) -> Path:
 # --- limits ----------------------------------------------------------------------------------
 
 
+def check_name_free(s: Session, owner: str | None, name: str) -> None:
+    if s.execute(select(D.id).where(mine(owner), D.name == name)).first() is not None:
+        raise HTTPException(409, f"you already have a dataset named {name!r}")
+
+
 def check_room(
     s: Session, owner: str | None, settings: Settings, new_bytes: int, new_dataset: bool, upload_id: str | None = None
 ) -> None:
@@ -196,8 +201,7 @@ def create(
         created_at=now,
     )
     with db.transaction() as s:
-        if s.execute(select(D.id).where(mine(owner), D.name == opts.name)).first() is not None:
-            raise HTTPException(409, f"you already have a dataset named {opts.name!r}")
+        check_name_free(s, owner, opts.name)
         check_room(s, owner, settings, size, new_dataset=True, upload_id=upload_id)
         done = s.execute(select(Dataset).where(D.content_key == key, D.status == READY).limit(1)).scalar()
         if done is not None and (prepared_dir(settings, key) / "meta.json").exists():
@@ -225,11 +229,12 @@ def find(s: Session, owner: str | None, ref: str) -> Dataset | None:
     return by_id or s.execute(select(Dataset).where(mine(owner), D.name == ref)).scalar()
 
 
-def load(db: Database, owner: str | None, dataset_id: str) -> Dataset:
+def load(db: Database, owner: str | None, ref: str) -> Dataset:
+    """The owner's dataset by id or name; another owner's is the same 404 as none."""
     with db.session() as s:
-        ds = s.execute(select(Dataset).where(mine(owner), D.id == dataset_id)).scalar()
+        ds = find(s, owner, ref)
     if ds is None:
-        raise HTTPException(404, f"dataset {dataset_id!r} not found")
+        raise HTTPException(404, f"dataset {ref!r} not found")
     return ds
 
 
@@ -246,19 +251,17 @@ def not_ready(ds: Dataset) -> str:
 # --- removing one ----------------------------------------------------------------------------
 
 
-def remove(db: Database, settings: Settings, owner: str | None, dataset_id: str) -> None:
+def remove(db: Database, settings: Settings, owner: str | None, ref: str) -> None:
     """409 while a queued or running run trains on it; else the row, and its files unless
     another dataset (of any owner) shares them."""
     with db.transaction() as s:
-        ds = s.execute(select(Dataset).where(mine(owner), D.id == dataset_id)).scalar()
+        ds = find(s, owner, ref)
         if ds is None:
-            raise HTTPException(404, f"dataset {dataset_id!r} not found")
-        users = s.execute(
-            select(R.id).where(R.dataset_id == dataset_id, R.status.in_(sorted(ACTIVE))).limit(5)
-        ).scalars()
+            raise HTTPException(404, f"dataset {ref!r} not found")
+        users = s.execute(select(R.id).where(R.dataset_id == ds.id, R.status.in_(sorted(ACTIVE))).limit(5)).scalars()
         if busy := list(users):
             raise HTTPException(409, f"dataset {ds.name!r} is in use by runs {', '.join(busy)} (queued or running)")
-        s.execute(delete(Dataset).where(D.id == dataset_id))
+        s.execute(delete(Dataset).where(D.id == ds.id))
         shared = s.execute(select(D.id).where(D.content_key == ds.content_key).limit(1)).first() is not None
     if ds.upload_id:
         shutil.rmtree(upload_dir(settings, ds.upload_id), ignore_errors=True)

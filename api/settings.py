@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=3600, ge=10)
     keep_checkpoints: int = Field(default=5, ge=1)  # per run, by iter (ckpt-<iter>.pt); the best is kept too
 
-    # Leases (DESIGN.md, "Runs"): a training worker renews its run's lease every lease_ttl_s / 3;
+    # Leases (worker/lease.py, api/reaper.py): a training worker renews its run's lease every lease_ttl_s / 3;
     # a lease not renewed for lease_ttl_s means the worker is gone and the reaper (in the API)
     # queues the run again, at most max_restarts times (a run's own max_restarts wins).
     lease_ttl_s: float = Field(default=30.0, ge=1)

@@ -195,9 +195,12 @@ class Datasets:
             )  # fmt: skip
 
         report(0)
-        with ThreadPoolExecutor(max(1, parallel)) as pool:
+        pool = ThreadPoolExecutor(max(1, parallel))
+        try:
             for future in [pool.submit(send, n) for n in todo]:
-                future.result()  # the first failure stops the rest from being waited on
+                future.result()
+        finally:  # a failure or a Ctrl-C: the parts in flight end, the others are not sent
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _slice(path: Path, offset: int, length: int, report: Callable[[int], None]) -> Iterator[bytes]:

@@ -244,8 +244,8 @@ class Stack:
         self.close()
 
     # --- starting and stopping the parts --------------------------------------------------
-    def up(self, train: int = 1, sample: int = 0, *, key: str | None = None) -> Stack:
-        """Redis, the migrations, the API and `train` + `sample` workers, all ready. key: an
+    def up(self, train: int = 1, sample: int = 0, prepare: int = 0, *, key: str | None = None) -> Stack:
+        """Redis, the migrations, the API and `train` + `sample` + `prepare` workers, all ready. key: an
         API key made for that owner before the API starts (so the server is closed), which
         self.http and the sockets then send."""
         self.start_redis()
@@ -253,7 +253,8 @@ class Stack:
         if key:
             self.create_key(key, use=True)
         self.start_api(wait=False)
-        started = [self.start_worker(q, wait=False) for q in ["train"] * train + ["sample"] * sample]
+        queues = ["train"] * train + ["sample"] * sample + ["prepare"] * prepare
+        started = [self.start_worker(q, wait=False) for q in queues]
         self.wait_api()
         for w in started:
             self.wait_worker(w)

@@ -25,7 +25,8 @@ from api.settings import Settings
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 DatasetId = Annotated[
-    str, Path(min_length=1, max_length=32, pattern=r"^[0-9A-Za-z_-]+$", description="the dataset's id")
+    str,
+    Path(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f/]+$", description="its id, or your name for it"),
 ]
 NOT_FOUND: dict[int | str, dict] = {404: {"model": Problem, "description": "no dataset with this id"}}
 
@@ -68,6 +69,7 @@ def _store_and_create(
     upload_id = secrets.token_hex(8)
     now = time.time()
     with db.transaction() as s:  # the bytes count as an open upload until the dataset is made
+        datasets.check_name_free(s, owner, opts.name)  # before the bytes are copied, not after
         datasets.check_room(s, owner, settings, file.size or 0, new_dataset=True, upload_id=upload_id)
         s.add(
             Upload(

@@ -201,6 +201,7 @@ def complete_upload(
         )
     d = datasets.upload_dir(settings, upload_id)
     with db.session() as s:
+        datasets.check_name_free(s, owner, opts.name)
         parts = {n: b for n, b in s.execute(select(UP.n, UP.bytes).where(UP.upload_id == upload_id))}
     want = math.ceil(up.bytes / up.part_bytes)
     missing = [i for i in range(1, want + 1) if i not in parts]

@@ -3,9 +3,11 @@
 //   #/runs/<id>     one run, live
 //   #/compare?ids=  val loss of several runs on one chart
 //   #/new[?from=id] the new-run form
+//   #/datasets      your datasets, their preparing, an upload form
 
 import { apiKey, askKey, forgetKey, getJSON } from "./api.js";
 import { logToggle, makeChart, paletteColor, uPlot } from "./charts.js";
+import { datasetsView } from "./datasets.js";
 import { newRunView } from "./form.js";
 import { runView } from "./run.js";
 import { ACTIVE, age, h, num, pct, progressBar, statusBadge } from "./ui.js";
@@ -285,6 +287,7 @@ const ROUTES = [
     (root, m) => compareView(root, (new URLSearchParams(m[1] || "").get("ids") || "").split(",").filter(Boolean)),
     "compare",
   ],
+  [/^#\/datasets$/, (root) => datasetsView(root), "datasets"],
   [/^(?:#\/?)?$/, (root) => runsView(root), "runs"],
 ];
 

@@ -2,6 +2,7 @@
 // and the server's 422s shown by the field they name.
 
 import { ApiError, api, errorDetail, getJSON, postJSON } from "./api.js";
+import { addDatasetChoices } from "./datasets.js";
 import { describe, h } from "./ui.js";
 
 // What a key's value looks like in its input: text for everything but booleans.
@@ -121,6 +122,8 @@ export function newRunView(root, fromRunId) {
       groups.get(f.group).push(row);
     }
     inputs.get("dataset").addEventListener("change", fill);
+    // Your own datasets join the built-in ones (a run from one of them names it by id).
+    addDatasetChoices(inputs.get("dataset"), from?.config.dataset).catch(() => {});
     if (from) {
       // Every value of the run's config, as the starting point (out_dir is the server's).
       for (const f of fields) {

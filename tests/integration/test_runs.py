@@ -1,4 +1,5 @@
-"""Issue 3's bars, against the real processes (see conftest.py)."""
+"""Runs end to end against the real processes (see conftest.py): create, follow live and from
+history with no gap or duplicate, read as nanoGPT's log, cancel, resume, idempotency."""
 
 from __future__ import annotations
 

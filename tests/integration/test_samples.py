@@ -1,4 +1,4 @@
-"""Issue 4's bars against the real processes: sampling over HTTP from a finished run and from
+"""Sampling against the real processes: sampling over HTTP from a finished run and from
 one still training, determinism under a seed, every error, and the checkpoints endpoints."""
 
 from __future__ import annotations
