@@ -64,10 +64,7 @@ class Options:
             raise _invalid(loc, "val_fraction", "must be between 0 and 1, both excluded", val_fraction)
         if text_field is not None and not 0 < len(text_field) <= 200:
             raise _invalid(loc, "text_field", "must be 1 to 200 characters", text_field)
-        if fmt == "nanogpt" and tokenizer is None:
-            tokenizer = None  # the archive says: meta.pkl means characters, none means GPT-2
-        elif tokenizer is None:
-            tokenizer = "gpt2"
+        # None: GPT-2's, unless the file is a nanoGPT archive with a meta.pkl (then its characters).
         self.tokenizer, self.format = tokenizer, fmt
         self.val_fraction = 0.1 if val_fraction is None else val_fraction
         self.text_field = text_field or "text"

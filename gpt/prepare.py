@@ -403,7 +403,8 @@ def prepare(
     if tokenizer == "char":
         tok = _char_vocabulary((u for u, _ in units("vocabulary")), "\n" if fmt == "jsonl" else "")
         encode = _char_encoder(tok)
-        sep = np.array(tok.encode("\n"), dtype=np.uint16)  # documents are joined by a newline
+        # Documents are joined by a newline (in the vocabulary: its pass added one for JSON Lines).
+        sep = np.array(tok.encode("\n") if fmt == "jsonl" else [], dtype=np.uint16)
     else:
         tok = GPT2Tokenizer()
         encode = _gpt2_encoder()

@@ -63,12 +63,13 @@ def prepare(dataset_id: str, sent_for: int) -> None:
     lease = Lease.for_dataset(_redis(), dataset_id, attempt, settings.lease_ttl_s)
     lease.acquire()
     target = settings.datasets_dir() / ds.content_key
-    work = settings.datasets_dir() / f".{ds.content_key}.{attempt}.tmp"
+    work = settings.datasets_dir() / f".{dataset_id}.{attempt}.tmp"
     src = settings.uploads_dir() / (ds.upload_id or "") / "data"
     ended = False
     try:
         if not (target / "meta.json").exists():
-            shutil.rmtree(work, ignore_errors=True)  # what an earlier, lost attempt of ours left
+            for lost in settings.datasets_dir().glob(f".{dataset_id}.*.tmp"):  # what lost attempts left
+                shutil.rmtree(lost, ignore_errors=True)
             work.mkdir(parents=True)
             fmt = ds.format or detect_format(src, ds.filename)
             written = [0.0]

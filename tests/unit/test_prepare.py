@@ -51,6 +51,11 @@ def test_text_with_gpt2_gives_the_tokens_of_the_whole_text(tmp_path: Path) -> No
     assert not (out / "all.bin").exists() and not (out / "doc_ends.bin").exists()
 
 
+def test_a_text_without_newlines_in_chars(tmp_path: Path) -> None:
+    done, _ = run(_write(tmp_path / "one.txt", b"to be or not"), tmp_path, tokenizer="char")
+    assert done.vocab_size == 7 and done.train_tokens + done.val_tokens == 12
+
+
 def test_text_with_chars_is_nanogpts_shakespeare_char_split(tmp_path: Path) -> None:
     src = tmp_path / "s.txt"
     src.write_text(TEXT)
