@@ -116,6 +116,14 @@ def copy_hashing(src: IO[bytes], dst: Path, limit: int) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(COPY_BYTES):
+            h.update(block)
+    return h.hexdigest()
+
+
 def upload_dir(settings: Settings, upload_id: str) -> Path:
     return settings.uploads_dir() / upload_id
 

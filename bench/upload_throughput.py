@@ -4,8 +4,9 @@
 
 Starts redis-server and `gptjobs serve` on loopback (tests/harness.py's Stack; no worker:
 what is measured ends at complete), writes a file of random bytes, and uploads it the way
-`gptjobs datasets upload` does (gptjobs.Client.datasets.upload: the whole file's sha256 first,
-then parts in parallel, then complete, which joins the parts and checks the sha256). Prints
+`gptjobs datasets upload` does (gptjobs.Client.datasets.upload: the whole file's sha256 read
+beside the parts sent in parallel, each written in place in the upload's file, then complete,
+which hashes the file and checks the sha256). Prints
 the wall time and MB/s of the whole call, and the API process's peak RSS (VmHWM) before and
 after. Bars: >= 150 MB/s; the API's RSS stays under 300 MB.
 """
@@ -59,7 +60,7 @@ def main() -> int:
         after = peak_rss(pid)
     rate = size / wall / 1e6
     print(f"{size / 1e9:.2f} GB in {args.part_mb} MB parts, {args.parallel} in flight: {wall:.2f} s = {rate:.0f} MB/s")
-    print(f"  (the whole call: the file's sha256, the parts, and complete joining and hashing them; dataset {ds.id})")
+    print(f"  (the whole call: the parts and the file's sha256 beside them, then complete hashing it; dataset {ds.id})")
     print(f"API peak RSS: {before / 2**20:.0f} MB at start, {after / 2**20:.0f} MB after the upload")
     print(
         f"bars: >= 150 MB/s ({'met' if rate >= 150 else 'NOT met'}), API RSS < 300 MB ({'met' if after < 300 * 2**20 else 'NOT met'})"

@@ -129,20 +129,20 @@ class Datasets:
         size = p.stat().st_size
         state = self._state_file(p)
         upload = self._resume(state)
-        sha, part_sums = None, None
         if upload is None:
-            sha = _sha256(p)
-            data = self._t.json("POST", "/uploads", json={"filename": p.name, "bytes": size, "sha256": sha})
-            upload = Upload.from_json(data)
+            upload = Upload.from_json(self._t.json("POST", "/uploads", json={"filename": p.name, "bytes": size}))
             state.parent.mkdir(parents=True, exist_ok=True)
-            state.write_text(json.dumps({"upload_id": upload.id, "size": size, "mtime": p.stat().st_mtime}))
+            state.write_text(json.dumps({"upload_id": upload.id}))
+        # The whole file's sha256, which complete checks, is read beside the parts being sent
+        # (a daemon thread: an interrupted upload does not wait for it).
+        whole = _Background(_sha256, p)
         have = {part.n: part for part in upload.parts}
         if have:  # sent before: keep only what matches this file now, byte for byte
-            part_sums = _part_sums(p, upload.part_bytes, set(have))
-            have = {n: part for n, part in have.items() if part_sums.get(n) == part.sha256}
+            sums = _part_sums(p, upload.part_bytes, set(have))
+            have = {n: part for n, part in have.items() if sums.get(n) == part.sha256}
         todo = [n for n in range(1, upload.parts_expected + 1) if n not in have]
         self._send(p, upload, todo, sum(part.bytes for part in have.values()), bool(have), parallel, progress)
-        body = {"name": name, **_options(tokenizer, format, val_fraction, text_field)}
+        body = {"name": name, "sha256": whole.get(), **_options(tokenizer, format, val_fraction, text_field)}
         ds = Dataset.from_json(self._t.json("POST", f"/uploads/{upload.id}/complete", json=body, timeout=STREAMING))
         state.unlink(missing_ok=True)
         return ds
@@ -201,6 +201,26 @@ class Datasets:
                 future.result()
         finally:  # a failure or a Ctrl-C: the parts in flight end, the others are not sent
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Background:
+    def __init__(self, fn: Callable[[Path], str], arg: Path):
+        self.result: str | BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn, arg), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[Path], str], arg: Path) -> None:
+        try:
+            self.result = fn(arg)
+        except BaseException as e:
+            self.result = e
+
+    def get(self) -> str:
+        self.thread.join()
+        if isinstance(self.result, BaseException):
+            raise self.result
+        assert self.result is not None
+        return self.result
 
 
 def _slice(path: Path, offset: int, length: int, report: Callable[[int], None]) -> Iterator[bytes]:

@@ -6,9 +6,13 @@
     GET  /uploads/{id}              which parts arrived: a client resumes by sending the rest
     POST /uploads/{id}/complete     check the size (and sha256), make the dataset
 
-A part's body is streamed to disk as it arrives (never held whole), its sha256 computed on
-the way, and renamed into place only when complete: a dropped connection leaves the part as
-it was. An upload nobody touched for GPTJOBS_UPLOAD_TTL_S is removed (api/reaper.py).
+The upload is one file, uploads/<id>/data, of the declared size from the start: part n is
+written in place at (n - 1) * part_bytes as its body arrives (never held whole), its sha256
+computed on the way, so that complete has nothing to join, only the whole to hash. A part
+counts as arrived once all its bytes are written: until then (and while one is being sent
+again) it is not listed, so a dropped connection leaves it to be sent again. Every part but
+the last is exactly part_bytes long. An upload nobody touched for GPTJOBS_UPLOAD_TTL_S is
+removed (api/reaper.py).
 """
 
 from __future__ import annotations
@@ -90,7 +94,10 @@ def create_upload(body: UploadCreate, db: DbDep, settings: SettingsDep, owner: O
     with db.transaction() as s:
         datasets.check_room(s, owner, settings, body.bytes, new_dataset=False)
         s.add(up)
-    datasets.upload_dir(settings, up.id).mkdir(parents=True, exist_ok=True)
+    d = datasets.upload_dir(settings, up.id)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "data", "wb") as f:
+        f.truncate(body.bytes)  # sparse: the parts fill it in, each at its place
     return _public(db, settings, up)
 
 
@@ -100,27 +107,21 @@ def get_upload(upload_id: UploadId, db: DbDep, settings: SettingsDep, owner: Own
     return _public(db, settings, _load(db, upload_id, owner))
 
 
-class _PartFile:
-    """A part being received: written to a temp file beside its final name, hashed on the way."""
+class _PartWriter:
+    """Part n's bytes, written into the upload's file at the part's place, hashed on the way."""
 
-    def __init__(self, path: FilePath):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        self.f: IO[bytes] = open(self.tmp, "wb")  # noqa: SIM115 (closed in finish/abort)
+    def __init__(self, path: FilePath, offset: int):
+        self.f: IO[bytes] = open(path, "r+b")  # noqa: SIM115 (closed in close())
+        self.f.seek(offset)
         self.h = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
         self.h.update(data)
         self.f.write(data)
 
-    def finish(self) -> str:
+    def close(self) -> str:
         self.f.close()
-        self.tmp.replace(self.path)
         return self.h.hexdigest()
-
-    def abort(self) -> None:
-        self.f.close()
-        self.tmp.unlink(missing_ok=True)
 
 
 @router.put(
@@ -147,24 +148,43 @@ async def put_part(
     expected = math.ceil(up.bytes / up.part_bytes)
     if n > expected:
         raise invalid(("path", "n"), f"the upload has {expected} parts of at most {up.part_bytes} bytes", n)
-    part = await run_in_threadpool(_PartFile, datasets.upload_dir(settings, upload_id) / f"part-{n}")
+    length = min(up.part_bytes, up.bytes - (n - 1) * up.part_bytes)  # the last part: the rest
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) != length:
+        raise _wrong_length(n, length, int(declared), up)
+    # Not arrived while it is being written: a drop midway leaves it to be sent again.
+    await run_in_threadpool(_forget_part, db, upload_id, n)
+    path = datasets.upload_dir(settings, upload_id) / "data"
+    part = await run_in_threadpool(_PartWriter, path, (n - 1) * up.part_bytes)
     size, buf = 0, bytearray()
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > up.part_bytes:
-                raise HTTPException(413, f"part {n} is over part_bytes ({up.part_bytes} bytes)")
+            if size > length:
+                raise _wrong_length(n, length, size, up)
             buf += chunk
             if len(buf) >= WRITE_BYTES:
                 await run_in_threadpool(part.write, bytes(buf))
                 buf.clear()
         await run_in_threadpool(part.write, bytes(buf))
-        digest = await run_in_threadpool(part.finish)
-    except BaseException:
-        await run_in_threadpool(part.abort)
-        raise
+    finally:
+        digest = await run_in_threadpool(part.close)
+    if size != length:
+        raise _wrong_length(n, length, size, up)
     await run_in_threadpool(_record_part, db, upload_id, n, size, digest)
     return PartInfo(n=n, bytes=size, sha256=digest)
+
+
+def _wrong_length(n: int, length: int, got: int, up: Upload) -> HTTPException:
+    if got > up.part_bytes:
+        return HTTPException(413, f"part {n} is over part_bytes ({up.part_bytes} bytes)")
+    whole = f"the upload is {up.bytes} bytes in parts of {up.part_bytes}"
+    return HTTPException(422, f"part {n} must be {length} bytes ({whole}); got {got}")
+
+
+def _forget_part(db: Database, upload_id: str, n: int) -> None:
+    with db.transaction() as s:
+        s.execute(delete(UploadPart).where(UP.upload_id == upload_id, UP.n == n))
 
 
 def _record_part(db: Database, upload_id: str, n: int, size: int, digest: str) -> None:
@@ -187,9 +207,9 @@ def _record_part(db: Database, upload_id: str, n: int, size: int, digest: str) -
 def complete_upload(
     upload_id: UploadId, body: UploadComplete, db: DbDep, settings: SettingsDep, celery: CeleryDep, owner: Owner
 ) -> DatasetPublic:
-    """Check that parts 1..N add up to the declared size (and hash to the sha256, given here or
-    at POST /uploads), then make the dataset and prepare it (202). Completing again answers
-    with the same dataset."""
+    """Check that parts 1..N have all arrived (each was checked for its length as it came) and
+    that the file hashes to the sha256 (given here or at POST /uploads), then make the dataset
+    and prepare it (202). Completing again answers with the same dataset."""
     up = _load(db, upload_id, owner)
     if up.status == "completed" and up.dataset_id:
         return DatasetPublic.of(datasets.load(db, owner, up.dataset_id))
@@ -202,45 +222,16 @@ def complete_upload(
     d = datasets.upload_dir(settings, upload_id)
     with db.session() as s:
         datasets.check_name_free(s, owner, opts.name)
-        parts = {n: b for n, b in s.execute(select(UP.n, UP.bytes).where(UP.upload_id == upload_id))}
+        parts = set(s.execute(select(UP.n).where(UP.upload_id == upload_id)).scalars())
     want = math.ceil(up.bytes / up.part_bytes)
     missing = [i for i in range(1, want + 1) if i not in parts]
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
         raise HTTPException(409, f"parts missing: {shown} (of {want}); send them, then complete again")
-    if (total := sum(parts.values())) != up.bytes:
-        raise invalid(("body",), f"the parts add up to {total} bytes; POST /uploads declared {up.bytes}", total)
-    size, digest = _join(d, want)
+    digest = datasets.sha256_of(d / "data")
     if expected_sha and digest != expected_sha:
-        (d / "data").unlink(missing_ok=True)
         raise invalid(("body", "sha256"), f"the parts' bytes hash to {digest}, not the sha256 expected", expected_sha)
     ds = datasets.create(
-        db, settings, celery, owner, opts, upload_id=upload_id, filename=up.filename, size=size, sha256=digest
+        db, settings, celery, owner, opts, upload_id=upload_id, filename=up.filename, size=up.bytes, sha256=digest
     )
-    for i in range(1, want + 1):
-        (d / f"part-{i}").unlink(missing_ok=True)
     return DatasetPublic.of(ds)
-
-
-def _join(d: FilePath, parts: int) -> tuple[int, str]:
-    """Parts 1..parts, in order, into d/data, hashed in the same pass."""
-
-    class Parts:
-        def __init__(self) -> None:
-            self.i = 0
-            self.f: IO[bytes] | None = None
-
-        def read(self, size: int) -> bytes:
-            while True:
-                if self.f is None:
-                    self.i += 1
-                    if self.i > parts:
-                        return b""
-                    self.f = open(d / f"part-{self.i}", "rb")  # noqa: SIM115
-                block = self.f.read(size)
-                if block:
-                    return block
-                self.f.close()
-                self.f = None
-
-    return datasets.copy_hashing(Parts(), d / "data", 2**62)  # type: ignore[arg-type]
