@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     max_datasets: int = Field(default=100, ge=1)
     upload_part_bytes: int = Field(default=64 * 2**20, ge=1024)  # the most one PUT of a part may carry
     upload_ttl_s: float = Field(default=86400.0, gt=0)  # an upload untouched this long is removed
-    prepare_threads: int | None = Field(default=None, ge=1)  # tokenizer threads; None: the cores it may use
+    prepare_workers: int | None = Field(default=None, ge=1)  # tokenizer processes; None: the cores it may use
     max_prepare_restarts: int = Field(default=3, ge=0)  # lost prepare workers before a dataset fails
 
     # Worker

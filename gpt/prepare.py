@@ -16,8 +16,12 @@ prepare worker brings the file and takes the directory). Nothing here trusts the
 
 Memory stays flat whatever the file's size: text is read in chunks of CHUNK_CHARS, cut where
 GPT-2's pre-tokenization would cut anyway (so a chunked encoding equals encoding the whole
-text at once), tokenized on `threads` threads with a bounded number of chunks in flight, and
+text at once), tokenized with a bounded number of chunks in flight (below), and
 written straight to disk. A character vocabulary takes one streaming pass of its own first.
+GPT-2's BPE runs in `workers` processes for a large input: tiktoken releases the GIL for only
+part of its work (two threads did 1.6x one here, two processes 2x), and each process takes
+its tokens as one array rather than a Python list of ints. A small input is not worth their
+start-up and gets one thread beside the reader.
 
 The split, after tokenizing: the last `val_fraction` of the tokens are val.bin (nanoGPT's
 Shakespeare split is by characters, and a character is a token there), moved to the next
@@ -30,16 +34,18 @@ Everything is written into `out_dir`, which the caller renames into place once `
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import io
 import json
+import multiprocessing
 import os
 import pickle
 import tarfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -56,6 +62,7 @@ MAX_LINE_BYTES = 64 << 20  # one JSON Lines document
 MAX_META_BYTES = 16 << 20  # meta.pkl: a character vocabulary is a few hundred kB at most
 PREVIEW_CHARS = 500
 PROGRESS_S = 0.5  # at most one progress report this often
+PROCESSES_FROM = 64 << 20  # bytes of input from which GPT-2's BPE gets worker processes
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
 
@@ -271,10 +278,10 @@ Encoded = tuple[np.ndarray, list[int]]  # tokens, and where in them each documen
 
 
 class _Ordered:
-    """Encodes batches of units on a thread pool, at most `depth` batches in flight, and hands
-    the results on in the order the batches came."""
+    """Encodes batches of units on a pool, at most `depth` batches in flight, and hands the
+    results on in the order the batches came."""
 
-    def __init__(self, pool: ThreadPoolExecutor, encode: Callable[[list[Unit]], Encoded], depth: int):
+    def __init__(self, pool: Executor, encode: Callable[[list[Unit]], Encoded], depth: int):
         self.pool, self.encode, self.depth = pool, encode, depth
         self.queue: deque[Future[Encoded]] = deque()
 
@@ -290,7 +297,7 @@ class _Ordered:
 
 def _batches(units: Iterator[Unit], chars: int = CHUNK_CHARS) -> Iterator[list[Unit]]:
     """Units grouped to about `chars` characters a batch: one call per tiny document would
-    cost more in hand-offs between threads than in tokenizing."""
+    cost more in hand-offs to the pool than in tokenizing."""
     batch: list[Unit] = []
     size = 0
     for unit in units:
@@ -303,8 +310,17 @@ def _batches(units: Iterator[Unit], chars: int = CHUNK_CHARS) -> Iterator[list[U
         yield batch
 
 
-def _batch_encoder(encode: Callable[[str], np.ndarray], sep: np.ndarray) -> Callable[[list[Unit]], Encoded]:
-    def run(batch: list[Unit]) -> Encoded:
+@dataclass(frozen=True)
+class _Encode:
+    """Encodes a batch of units, a separator after each document. Plain data, so that it
+    can be sent to a worker process; the tokenizer is built once per process."""
+
+    chars: str | None  # a character vocabulary; None: GPT-2's BPE
+    sep: tuple[int, ...]
+
+    def __call__(self, batch: list[Unit]) -> Encoded:
+        encode = _encoder(self.chars)
+        sep = np.array(self.sep, dtype=np.uint16)
         parts: list[np.ndarray] = []
         ends: list[int] = []
         n = 0
@@ -318,22 +334,15 @@ def _batch_encoder(encode: Callable[[str], np.ndarray], sep: np.ndarray) -> Call
                 ends.append(n)
         return (np.concatenate(parts) if len(parts) > 1 else parts[0]), ends
 
-    return run
 
-
-def _gpt2_encoder() -> Callable[[str], np.ndarray]:
-    enc = GPT2Tokenizer().enc
-
-    def encode(text: str) -> np.ndarray:
-        # tiktoken runs the BPE without the GIL; the list-to-array copy is this thread's too.
-        return np.array(enc.encode_ordinary(text), dtype=np.uint16)
-
-    return encode
-
-
-def _char_encoder(tok: CharTokenizer) -> Callable[[str], np.ndarray]:
-    lut = np.full(max(map(ord, tok.chars)) + 1, -1, dtype=np.int32)
-    for i, c in enumerate(tok.chars):
+@functools.cache
+def _encoder(chars: str | None) -> Callable[[str], np.ndarray]:
+    if chars is None:
+        enc = GPT2Tokenizer().enc
+        # No special tokens recognised (as encode_ordinary), straight into an array.
+        return lambda text: enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint16)
+    lut = np.full(max(map(ord, chars)) + 1, -1, dtype=np.int32)
+    for i, c in enumerate(chars):
         lut[ord(c)] = i
 
     def encode(text: str) -> np.ndarray:
@@ -341,6 +350,13 @@ def _char_encoder(tok: CharTokenizer) -> Callable[[str], np.ndarray]:
         return lut[codes].astype(np.uint16)  # every character is in the vocabulary: its pass saw them all
 
     return encode
+
+
+def _pool(src: Path, tokenizer: str, workers: int) -> Executor:
+    if tokenizer == "gpt2" and workers > 1 and src.stat().st_size >= PROCESSES_FROM:
+        # spawn, not fork: the caller may be a worker with threads of its own (its lease's).
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ThreadPoolExecutor(1)
 
 
 def _char_vocabulary(units: Iterator[str], extra: str = "") -> CharTokenizer:
@@ -369,7 +385,7 @@ def prepare(
     val_fraction: float = 0.1,
     text_field: str = "text",
     max_bytes: int,
-    threads: int = 1,
+    workers: int = 1,
     progress: ProgressFn | None = None,
 ) -> Prepared:
     """Prepare src into out_dir (which must exist and be empty); raises PrepareError with
@@ -401,19 +417,17 @@ def prepare(
 
     tok: Tokenizer
     if tokenizer == "char":
-        tok = _char_vocabulary((u for u, _ in units("vocabulary")), "\n" if fmt == "jsonl" else "")
-        encode = _char_encoder(tok)
+        char = _char_vocabulary((u for u, _ in units("vocabulary")), "\n" if fmt == "jsonl" else "")
         # Documents are joined by a newline (in the vocabulary: its pass added one for JSON Lines).
-        sep = np.array(tok.encode("\n") if fmt == "jsonl" else [], dtype=np.uint16)
+        tok, encode = char, _Encode(char.chars, tuple(char.encode("\n")) if fmt == "jsonl" else ())
     else:
-        tok = GPT2Tokenizer()
-        encode = _gpt2_encoder()
-        sep = np.array([tok.enc.eot_token], dtype=np.uint16)  # as nanoGPT's openwebtext: one EOT after each
+        gpt2 = GPT2Tokenizer()
+        tok, encode = gpt2, _Encode(None, (gpt2.enc.eot_token,))  # as nanoGPT's openwebtext: one EOT after each
     all_path, ends_path = out_dir / "all.bin", out_dir / "doc_ends.bin"
     writer = _Writer(all_path, clock.tokens)
     documents = 0
-    with open(ends_path, "wb") as ends, ThreadPoolExecutor(max(1, threads)) as pool:
-        ordered = _Ordered(pool, _batch_encoder(encode, sep), depth=2 * max(1, threads))
+    with open(ends_path, "wb") as ends, _pool(src, tokenizer, workers) as pool:
+        ordered = _Ordered(pool, encode, depth=2 * max(1, workers))
 
         def emit(results: Iterator[Encoded]) -> None:
             nonlocal documents

@@ -41,8 +41,8 @@ def _warm_up(options: dict[str, Any] | None = None, **_: Any) -> None:
     if isinstance(queues, str):
         queues = queues.split(",")
     if not {TRAIN_QUEUE, SAMPLE_QUEUE} & set(queues):  # preparing datasets needs no torch
-        cores = get_settings().prepare_threads or usable_cores()
-        log.info("%s worker ready: %d tokenizer threads", "+".join(queues), cores)
+        cores = get_settings().prepare_workers or usable_cores()
+        log.info("%s worker ready: %d tokenizer processes for large files", "+".join(queues), cores)
         return
     import torch
 

@@ -92,7 +92,7 @@ def prepare(dataset_id: str, sent_for: int) -> None:
                 val_fraction=ds.val_fraction,
                 text_field=ds.text_field,
                 max_bytes=settings.max_upload_bytes,
-                threads=settings.prepare_threads or usable_cores(),
+                workers=settings.prepare_workers or usable_cores(),
                 progress=progress,
             )
             log.info(

@@ -54,7 +54,7 @@ def artifacts() -> Path:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole service, closed by an API key (site.key, which site.http sends)."""
     with Stack(tmp_path_factory.mktemp("dashboard"), env={"GPTJOBS_IDLE_CHECK_S": "1"}) as s:
-        yield s.up(train=1, sample=1, key="browser")
+        yield s.up(train=1, sample=1, prepare=1, key="browser")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ datasets per owner, each a 413 or 429 naming its setting."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,3 +49,24 @@ def test_datasets_per_owner(client: TestClient) -> None:
     assert status == 429 and "3 datasets" in text and "GPTJOBS_MAX_DATASETS" in text
     status, text = _post(client, "a", 10)
     assert status == 409 and "already have a dataset named 'a'" in text  # said before any limit
+
+
+def test_an_abandoned_upload_is_removed(tmp_path: Path) -> None:
+    from api.datasets import expire_uploads, upload_dir
+    from api.db import Database
+    from api.settings import Settings
+
+    with redis_server() as redis_url, app_client(tmp_path, redis_url, upload_ttl_s=0.5) as client:
+        old = client.post("/uploads", json={"filename": "a.txt", "bytes": 10}).json()
+        time.sleep(0.6)
+        fresh = client.post("/uploads", json={"filename": "b.txt", "bytes": 10}).json()
+        assert old["expires_at"] < fresh["expires_at"]
+        settings = Settings(data_dir=tmp_path, redis_url=redis_url, upload_ttl_s=0.5)
+        db = Database(settings.db_url)
+        try:
+            assert expire_uploads(db, settings) == [old["id"]]  # what the reaper does once a minute
+        finally:
+            db.dispose()
+        assert client.get(f"/uploads/{old['id']}").status_code == 404
+        assert not upload_dir(settings, old["id"]).exists() and upload_dir(settings, fresh["id"]).exists()
+        assert client.get(f"/uploads/{fresh['id']}").status_code == 200

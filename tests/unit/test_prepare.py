@@ -30,7 +30,7 @@ def run(src: Path, tmp_path: Path, **kw: object) -> tuple[P.Prepared, Path]:
     out.mkdir()
     kw.setdefault("fmt", "text")
     kw.setdefault("tokenizer", "gpt2")
-    done = P.prepare(src, out, max_bytes=1 << 30, threads=2, **kw)  # type: ignore[arg-type]
+    done = P.prepare(src, out, max_bytes=1 << 30, workers=2, **kw)  # type: ignore[arg-type]
     return done, out
 
 
@@ -49,6 +49,19 @@ def test_text_with_gpt2_gives_the_tokens_of_the_whole_text(tmp_path: Path) -> No
     assert done.preview == TEXT[: len(done.preview)] and len(done.preview) == P.PREVIEW_CHARS
     assert json.loads((out / "meta.json").read_text())["tokenizer"] == {"kind": "gpt2"}
     assert not (out / "all.bin").exists() and not (out / "doc_ends.bin").exists()
+
+
+def test_a_large_input_is_tokenized_in_worker_processes_to_the_same_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(P, "PROCESSES_FROM", 1 << 20)  # tiny Shakespeare counts as large here
+    src = tmp_path / "s.txt"
+    src.write_text(TEXT)
+    with P._pool(src, "gpt2", 2) as pool:
+        assert isinstance(pool, P.ProcessPoolExecutor)
+    _, out = run(src, tmp_path)
+    whole = np.array(ENC.encode_ordinary(TEXT), dtype=np.uint16)
+    assert np.array_equal(np.concatenate([tokens(out, "train"), tokens(out, "val")]), whole)
 
 
 def test_a_text_without_newlines_in_chars(tmp_path: Path) -> None:
