@@ -7,7 +7,10 @@ import { age, describe, h, int, statusBadge } from "./ui.js";
 
 const POLL_MS = 2000;
 
-const mb = (n) => `${(n / 1e6).toLocaleString("en-US", { maximumFractionDigits: 1 })} MB`;
+const size = (n) =>
+  n < 1e6
+    ? `${(n / 1e3).toLocaleString("en-US", { maximumFractionDigits: 1 })} kB`
+    : `${(n / 1e6).toLocaleString("en-US", { maximumFractionDigits: 1 })} MB`;
 
 function preparing(ds) {
   const p = ds.progress || {};
@@ -36,9 +39,9 @@ function row(ds, onDelete) {
     { id: `dataset-${ds.id}`, dataset: { status: ds.status } },
     h("td", {}, ds.name, h("div", { class: "muted mono small" }, ds.id), preview),
     h("td", {}, statusBadge(ds.status)),
-    h("td", { class: "num" }, mb(ds.bytes)),
+    h("td", { class: "num" }, size(ds.bytes)),
     h("td", {}, tokens),
-    h("td", {}, ds.tokenizer ?? "–", ds.vocab_size ? h("div", { class: "muted small" }, `${int(ds.vocab_size)} tokens`) : null),
+    h("td", {}, ds.tokenizer ?? "–", ds.vocab_size ? h("div", { class: "muted small" }, `vocabulary ${int(ds.vocab_size)}`) : null),
     h("td", {}, ds.format ?? "–"),
     h("td", { title: ds.created_at }, age(ds.created_at)),
     h("td", {}, h("button", { type: "button", class: "small", onclick: () => onDelete(ds) }, "Delete")),
@@ -85,7 +88,7 @@ function uploadForm(onUploaded) {
     note.className = "muted";
     const resp = await api("/datasets", { method: "POST", body });
     if (resp.ok) {
-      note.textContent = "uploaded; preparing";
+      note.textContent = "uploaded: it is prepared below";
       form.reset();
       onUploaded(await resp.json());
     } else {
