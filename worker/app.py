@@ -7,10 +7,13 @@ prefork child of a parent that ran any torch op hangs at its first forward pass.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import Any
 
+import redis
 from celery import signals
 
+from api.db import Database
 from api.queue import SAMPLE_QUEUE, TRAIN_QUEUE, make_celery
 from api.settings import get_settings, usable_cores
 
@@ -31,6 +34,17 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
 )
+
+
+@lru_cache
+def database() -> Database:
+    """This worker process's engines: one per process, made on first use."""
+    return Database(get_settings().db_url)
+
+
+@lru_cache
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().redis_url)
 
 
 @signals.celeryd_init.connect

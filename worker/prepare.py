@@ -14,32 +14,20 @@ import logging
 import shutil
 import time
 from dataclasses import asdict
-from functools import lru_cache
 from typing import Any
 
-import redis
 from sqlalchemy import update
 
 from api.db import D, Database, Dataset
 from api.lifecycle import DATASETS, FAILED, PREPARING, READY, claim_preparation
 from api.queue import PREPARE_TASK
 from api.settings import get_settings, usable_cores
-from worker.app import app
+from worker.app import app, database, redis_client
 from worker.lease import Lease, LeaseLost
 
 log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_S = 1.0  # the dataset row's progress is written at most this often
-
-
-@lru_cache
-def _db() -> Database:
-    return Database(get_settings().db_url)
-
-
-@lru_cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url)
 
 
 def _mine(ds: Any, attempt: int) -> list[Any]:
@@ -53,14 +41,14 @@ def prepare(dataset_id: str, sent_for: int) -> None:
     from gpt.prepare import PrepareError, Progress, detect_format
     from gpt.prepare import prepare as run_prepare
 
-    settings, db = get_settings(), _db()
+    settings, db = get_settings(), database()
     with db.transaction() as s:
         ds = s.get(Dataset, dataset_id) if claim_preparation(s, dataset_id, sent_for) else None
     if ds is None:
         log.info("dataset %s: not waiting at attempt %d any more, skipping this delivery", dataset_id, sent_for)
         return
     attempt = ds.attempt
-    lease = Lease.for_dataset(_redis(), dataset_id, attempt, settings.lease_ttl_s)
+    lease = Lease.for_dataset(redis_client(), dataset_id, attempt, settings.lease_ttl_s)
     lease.acquire()
     target = settings.datasets_dir() / ds.content_key
     work = settings.datasets_dir() / f".{dataset_id}.{attempt}.tmp"

@@ -25,7 +25,7 @@ from api.queue import SAMPLE_REPLY_TTL_S, SAMPLE_TASK
 from api.redis_keys import sample_reply_key, sample_stop_key
 from api.settings import get_settings
 from gpt import checkpoint as ckpt
-from worker.app import app
+from worker.app import app, redis_client
 
 if TYPE_CHECKING:
     from gpt.sample import Loaded
@@ -69,11 +69,6 @@ def _models() -> Models:
 
     s = get_settings()
     return Models(s.sample_models, s.sample_device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-@lru_cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url)
 
 
 class Reply:
@@ -124,7 +119,7 @@ def _error(status: int, detail: str, loc: list[str] | None = None, value: Any = 
 @app.task(name=SAMPLE_TASK)
 def generate(request_id: str, run_id: str, req: dict[str, Any]) -> None:
     """Sample `req` (the API's validated request, seed filled in) from run_id's checkpoint."""
-    reply = Reply(_redis(), request_id)
+    reply = Reply(redis_client(), request_id)
     reply.send({"t": "accepted"}, now=True)
     try:
         _generate(reply, run_id, req)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import signals
 
 from api import lifecycle
@@ -19,7 +17,7 @@ from api.queue import TRAIN_TASK
 from api.settings import get_settings, usable_cores
 from gpt.checkpoint import keep as keep_checkpoint
 from gpt.config import make_config
-from worker.app import app
+from worker.app import app, database, redis_client
 from worker.lease import Lease, LeaseLost
 from worker.sink import EventSink
 
@@ -36,16 +34,6 @@ def _on_shutdown(**_: Any) -> None:
     _shutting_down.set()
 
 
-@lru_cache
-def _db() -> Database:
-    return Database(get_settings().db_url)
-
-
-@lru_cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url)
-
-
 def claim(db: Database, run_id: str) -> Run | None:
     """The run, now running under this worker's attempt; None when it is gone, ended or
     taken (a second delivery of its message is a no-op)."""
@@ -55,17 +43,17 @@ def claim(db: Database, run_id: str) -> Run | None:
 
 @app.task(name="worker.train")
 def train(run_id: str) -> None:
-    settings, db = get_settings(), _db()
+    settings, db = get_settings(), database()
     run = claim(db, run_id)
     if run is None:
         log.info("run %s: not queued any more, skipping this delivery", run_id)
         return
     log.info("run %s: attempt %d starting", run_id, run.attempt)
-    lease = Lease.for_run(_redis(), run_id, run.attempt, settings.lease_ttl_s)
+    lease = Lease.for_run(redis_client(), run_id, run.attempt, settings.lease_ttl_s)
     lease.acquire()
     ended = requeue = False
     try:
-        sink = EventSink(db, _redis(), settings, run_id, lease)
+        sink = EventSink(db, redis_client(), settings, run_id, lease)
     except Exception:
         lease.close(release=False)  # the reaper hands the run on when the lease expires
         raise
