@@ -37,6 +37,9 @@ class Run(SQLModel, table=True):
     # use), even if they never reached the database: no later writer starts below it.
     seq_reserved: int = 0
     owner: str | None = Field(default=None, max_length=100, index=True)  # the API key's name; None: open mode
+    # Where it started, for a run that continues another's weights (init_from run:<id>).
+    parent_run_id: str | None = Field(default=None, max_length=32, index=True)
+    parent_iter: int | None = None  # the parent checkpoint's iter_num
     # What it trains on, when that is a user's dataset: its id and the sha256 of its bytes.
     dataset_id: str | None = Field(default=None, max_length=32, index=True)
     dataset_sha256: str | None = Field(default=None, max_length=64)
