@@ -97,4 +97,12 @@ def test_pretrained_weights_that_cannot_be_had_are_refused_saying_how_to_get_the
     with app_client(tmp_path) as client:  # the default size limit: gpt2's 124M parameters pass it
         errors = _errors(client.post("/runs", json={"config": config}))
     assert "not in this server's Hugging Face cache" in errors["body/config/init_from"]
-    assert "POST /runs/import" in errors["body/config/init_from"] and "HF_HUB_OFFLINE" in errors["body/config/init_from"]
+    assert (
+        "POST /runs/import" in errors["body/config/init_from"] and "HF_HUB_OFFLINE" in errors["body/config/init_from"]
+    )
+
+
+def test_an_import_over_the_upload_limit_is_413_before_it_is_read(tmp_path: Path) -> None:
+    with app_client(tmp_path, max_upload_bytes=1000) as client:
+        resp = client.post("/runs/import", files={"file": ("ckpt.pt", b"x" * 5000)})
+    assert resp.status_code == 413 and "GPTJOBS_MAX_UPLOAD_BYTES" in resp.json()["detail"]
