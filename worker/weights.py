@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import shutil
 import tarfile
 import tempfile
@@ -114,8 +115,14 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         saved = ckpt.load(path)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0][:300]
-        raise Refused(f"refused: the file holds more than tensors and plain values ({first})") from None
+        # torch's message is a page of advice; the one line that says what it met is this.
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if m:
+            raise Refused(
+                f"refused: the file holds more than tensors and plain values (it needs the code of {m.group(1)} "
+                "to load, which is never run here)"
+            ) from None
+        raise Refused("not a PyTorch checkpoint (a pickle of something else, or another format)") from None
     except Exception as e:  # not a zip, a truncated file, another format: torch says it many ways
         raise Refused(f"not a PyTorch checkpoint: {type(e).__name__}: {str(e)[:200]}") from None
     if (

@@ -24,6 +24,7 @@ from gpt.tokenizers import GPT2Tokenizer
 from gpt.train import train
 from tests.configs import TINY
 from tests.harness import Stack
+from tests.harness import gptjobs as gptjobs_cli
 
 transformers = pytest.importorskip("transformers")  # a dev dependency: `make test` installs it
 
@@ -179,3 +180,28 @@ def _spoilt(tmp_path: Path, what: str) -> Path:
 def test_bad_files_are_refused_with_the_reason(client: gptjobs.Client, tmp_path: Path, what: str, reason: str) -> None:
     with pytest.raises(gptjobs.ValidationError, match=reason):
         client.runs.import_weights(_spoilt(tmp_path, what))
+
+
+def test_the_command_line_imports_and_exports(stack: Stack, client: gptjobs.Client, tmp_path: Path) -> None:
+    path, meta = _nanogpt_char_checkpoint(tmp_path)
+    out = gptjobs_cli(
+        stack.env, "import", str(path), "--vocab", str(meta), "--name", "from the shell", "--server", stack.url
+    )
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip()
+    assert "imported from a nanoGPT checkpoint" in out.stderr and client.runs.get(run_id).name == "from the shell"
+    out = gptjobs_cli(stack.env, "export", run_id, "-o", str(tmp_path / "hf"), "--server", stack.url)
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "README.md",
+    }
+    assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").config.vocab_size == 65
+    out = gptjobs_cli(
+        stack.env, "export", run_id, "--format", "nanogpt", "-o", str(tmp_path / "nano"), "--server", stack.url
+    )
+    assert out.returncode == 0 and (tmp_path / "nano" / "ckpt.pt").exists(), out.stderr
+    bad = gptjobs_cli(stack.env, "import", str(meta), "--server", stack.url)  # not a checkpoint at all
+    assert bad.returncode == 2 and "not a PyTorch checkpoint" in bad.stderr, bad.stderr

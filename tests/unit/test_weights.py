@@ -203,3 +203,19 @@ def test_gelu_stays_out_of_nanogpts_model_args(tmp_path: Path) -> None:
         "gelu": "tanh",
     }
     assert os.listdir(tmp_path) == ["model.json"]
+
+
+def test_python_m_gpt_train_continues_a_nanogpt_checkpoint(tiny, tmp_path: Path, data_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    list(train(tiny(out_dir=str(tmp_path / "a")), data_dir=data_dir))
+    _nanogpt_checkpoint(tmp_path / "a", tmp_path / "out")
+    flags = [f"--{k}={v}" for k, v in {**tiny().to_dict(), "out_dir": str(tmp_path / "out")}.items()
+             if k not in ("sample_prompts", "peak_flops", "tokenizer", "compile")]  # fmt: skip
+    argv = [sys.executable, "-m", "gpt", "train", *flags, "--compile=False", "--init_from=resume", "--max_iters=24"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumed from the checkpoint at iter 20, which has no exact-resume state" in out.stdout
+    assert "iter 23: loss" in out.stdout and "run succeeded" in out.stdout
