@@ -4,10 +4,11 @@ counted against their owner's limits, looked up by a run's `config.dataset`, del
 Blocking (database and disk): the routes call these in a thread. Preparing itself is the
 prepare worker's (worker/prepare.py); this module only queues it.
 
-Files, under the data directory:
-    uploads/<upload id>/part-<n>   the parts of a resumable upload, as they arrive
-    uploads/<upload id>/data       the whole upload, until its dataset is prepared
-    datasets/<content key>/        a prepared dataset: train.bin, val.bin, meta.json
+Objects, in the artifact store (gpt/store.py: the data directory, or an object store):
+    uploads/<upload id>/data       the whole upload, until its dataset is prepared (in a
+                                   directory, the parts of a resumable one are written in place)
+    uploads/<upload id>/part-<n>   on an object store, each part of a resumable upload
+    datasets/<content key>/        a prepared dataset: train.bin, val.bin, meta.json (last)
 The content key is a hash of the bytes' sha256 and the options that change the tokens, so
 the same bytes prepared the same way are prepared once, and shared by every dataset (of
 any owner) made from them; a prepared directory is removed with the last of those.
@@ -17,11 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
 import secrets
-import shutil
+import tempfile
 import time
 import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -116,20 +120,98 @@ def copy_hashing(src: IO[bytes], dst: Path, limit: int) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(COPY_BYTES):
+class UploadBytes:
+    """Where an upload's bytes go and come back from. In a directory: one file of the declared
+    size from the start, each part written in place at its offset (nothing to join at the
+    end). On an object store, which cannot write into an object: one object per part, read
+    back in order as one stream."""
+
+    def __init__(self, settings: Settings, upload_id: str, size: int = 0, part_bytes: int = 1):
+        self.store, self.prefix = settings.store(), f"uploads/{upload_id}"
+        self.size, self.part_bytes = size, part_bytes
+        self.file = self.store.local_path(f"{self.prefix}/data")
+
+    def create(self) -> None:
+        if self.file is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.file, "wb") as f:
+                f.truncate(self.size)  # sparse: the parts fill it in, each at its place
+
+    def part(self, n: int) -> PartWriter:
+        if self.file is not None:
+            return PartWriter(self.file, (n - 1) * self.part_bytes)
+        return PartWriter(None, 0, lambda tmp: self.store.put_file(tmp, f"{self.prefix}/part-{n}"))
+
+    def put_whole(self, src: IO[bytes], limit: int) -> tuple[int, str]:
+        """The whole upload from src (one request); (bytes, sha256). Over limit: 413."""
+        if self.file is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            return copy_hashing(src, self.file, limit)
+        with self.store.staged(f"{self.prefix}/data") as tmp:
+            return copy_hashing(src, tmp, limit)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The upload's bytes, in order."""
+        if self.store.exists(f"{self.prefix}/data"):
+            yield from self.store.chunks(f"{self.prefix}/data", COPY_BYTES)
+            return
+        for n in range(1, math.ceil(self.size / self.part_bytes) + 1):
+            yield from self.store.chunks(f"{self.prefix}/part-{n}", COPY_BYTES)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for block in self.chunks():
             h.update(block)
-    return h.hexdigest()
+        return h.hexdigest()
+
+    def local(self, scratch: Path) -> Path:
+        """The upload as one local file: itself in a directory, else joined into scratch."""
+        if self.file is not None:
+            return self.file
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        with open(scratch, "wb") as out:
+            for block in self.chunks():
+                out.write(block)
+        return scratch
+
+    def remove(self) -> None:
+        self.store.delete_tree(self.prefix)
 
 
-def upload_dir(settings: Settings, upload_id: str) -> Path:
-    return settings.uploads_dir() / upload_id
+class PartWriter:
+    """A part's bytes, hashed on the way: written in place into the upload's file, or into a
+    temp file that `publish` stores once the part is whole."""
+
+    def __init__(self, path: Path | None, offset: int, publish: Callable[[Path], object] | None = None):
+        if path is not None:
+            self.f: IO[bytes] = open(path, "r+b")  # noqa: SIM115 (closed in close())
+            self.f.seek(offset)
+            self.tmp: Path | None = None
+        else:
+            fd, name = tempfile.mkstemp(prefix="gptjobs-part-")
+            self.f, self.tmp = os.fdopen(fd, "wb"), Path(name)
+        self.publish = publish
+        self.h = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.h.update(data)
+        self.f.write(data)
+
+    def close(self, complete: bool = True) -> str:
+        """The part's sha256; a complete part not written in place is stored now."""
+        self.f.close()
+        try:
+            if complete and self.tmp is not None and self.publish is not None:
+                self.publish(self.tmp)
+        finally:
+            if self.tmp is not None:
+                self.tmp.unlink(missing_ok=True)
+        return self.h.hexdigest()
 
 
-def prepared_dir(settings: Settings, content_key: str) -> Path:
-    return settings.datasets_dir() / content_key
+def prepared(content_key: str) -> str:
+    """The prepared dataset's folder in the store (complete once its meta.json is there)."""
+    return f"datasets/{content_key}"
 
 
 # --- limits ----------------------------------------------------------------------------------
@@ -209,14 +291,14 @@ def create(
         check_name_free(s, owner, opts.name)
         check_room(s, owner, settings, size, new_dataset=True, upload_id=upload_id)
         done = s.execute(select(Dataset).where(D.content_key == key, D.status == READY).limit(1)).scalar()
-        if done is not None and (prepared_dir(settings, key) / "meta.json").exists():
+        if done is not None and settings.store().exists(f"{prepared(key)}/meta.json"):
             for field in ("format", "tokenizer", "train_tokens", "val_tokens", "vocab_size", "documents", "preview"):
                 setattr(ds, field, getattr(done, field))
             ds.status, ds.finished_at, ds.upload_id = READY, now, None
         s.add(ds)
         s.execute(update(Upload).where(U.id == upload_id).values(status="completed", dataset_id=ds.id))
     if ds.status == READY:
-        shutil.rmtree(upload_dir(settings, upload_id), ignore_errors=True)  # prepared already
+        UploadBytes(settings, upload_id).remove()  # prepared already
         return ds
     try:
         celery.send_task(PREPARE_TASK, args=[ds.id, 0], queue=PREPARE_QUEUE)
@@ -269,9 +351,9 @@ def remove(db: Database, settings: Settings, owner: str | None, ref: str) -> Non
         s.execute(delete(Dataset).where(D.id == ds.id))
         shared = s.execute(select(D.id).where(D.content_key == ds.content_key).limit(1)).first() is not None
     if ds.upload_id:
-        shutil.rmtree(upload_dir(settings, ds.upload_id), ignore_errors=True)
+        UploadBytes(settings, ds.upload_id).remove()
     if not shared:
-        shutil.rmtree(prepared_dir(settings, ds.content_key), ignore_errors=True)
+        settings.store().delete_tree(prepared(ds.content_key))
 
 
 # --- what a run records ------------------------------------------------------------------------
@@ -300,7 +382,7 @@ class Lookup:
 
 
 def meta(settings: Settings, ds: Dataset) -> dict[str, Any]:
-    return json.loads((prepared_dir(settings, ds.content_key) / "meta.json").read_text())
+    return json.loads(settings.store().read_bytes(f"{prepared(ds.content_key)}/meta.json"))
 
 
 def waiting_uploads(s: Session, older_than: float) -> list[str]:
@@ -315,5 +397,5 @@ def expire_uploads(db: Database, settings: Settings) -> list[str]:
         if gone:
             s.execute(delete(Upload).where(U.id.in_(gone)))
     for upload_id in gone:
-        shutil.rmtree(upload_dir(settings, upload_id), ignore_errors=True)
+        UploadBytes(settings, upload_id).remove()
     return gone

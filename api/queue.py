@@ -17,7 +17,7 @@ SAMPLE_TASK = "worker.sample.generate"
 PREPARE_TASK = "worker.prepare"  # args: dataset id, the attempt it was sent for
 # Weights in and out, answered like a sampling request (api/rpc.py), by the sampling workers.
 IMPORT_TASK = "worker.weights.import"  # args: request id, run id, upload path, file name, vocab path
-EXPORT_TASK = "worker.weights.export"  # args: request id, checkpoint path, output path
+EXPORT_TASK = "worker.weights.export"  # args: request id, run id, checkpoint name, its version, output name
 
 # A sampling request's answer travels back on its own Redis list (redis_keys.sample_reply_key): the worker
 # RPUSHes, the API BLPOPs (well below redis-py's 5 s socket timeout). Each element is a JSON

@@ -12,11 +12,21 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gpt.store import Store
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPTJOBS_", extra="ignore")
 
     data_dir: Path = Path(".gptjobs")  # checkpoints, datasets, SQLite, embedded Redis
+    # Where checkpoints live (gpt/store.py): a directory, or an object store's URL
+    # (s3://bucket/prefix, its endpoint and keys read as boto reads them). None: data_dir.
+    artifacts_url: str | None = None
+    store_part_bytes: int = Field(default=64 * 2**20, ge=5 * 2**20)  # an object store's multipart part size
+    cache_dir: Path | None = None  # a worker's local copies of what it reads from the store; None: data_dir/cache
+    cache_max_bytes: int = Field(default=50 * 2**30, ge=1)  # prepared datasets cached by a worker, at most
+    presign_downloads: bool = False  # checkpoint downloads redirect (307) to a presigned URL where the store has them
+    presign_expires_s: int = Field(default=3600, ge=60, le=7 * 86400)
     database_url: str | None = None  # None: SQLite at <data_dir>/gptjobs.db
     redis_url: str = "redis://127.0.0.1:6379/0"  # broker, event streams, cancel flags
 
@@ -75,14 +85,20 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'gptjobs.db').resolve()}"
 
-    def runs_dir(self) -> Path:
-        return self.data_dir / "runs"
+    def store(self) -> Store:
+        """The artifact store's root."""
+        return Store(self.artifacts_url or self.data_dir, part_bytes=self.store_part_bytes)
+
+    def run_store(self, run_id: str) -> Store:
+        """A run's folder of the artifact store: its checkpoints, model.json, exports."""
+        root = self.artifacts_url.rstrip("/") if self.artifacts_url else str(self.data_dir / "runs")
+        return Store(f"{root}/runs/{run_id}" if self.artifacts_url else f"{root}/{run_id}", self.store_part_bytes)
+
+    def cache(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
 
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
-
-    def uploads_dir(self) -> Path:
-        return self.data_dir / "uploads"
 
 
 @lru_cache

@@ -8,11 +8,9 @@ ever read by workers. Blocking: call from a thread in async code.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from api.db import Database
 from api.deps import load_run_or_none
@@ -52,7 +50,7 @@ def pretrained_unavailable(name: str) -> str | None:
 class Parent:
     run_id: str
     iter: int
-    path: Path  # the checkpoint file, under the parent run's directory
+    name: str  # the checkpoint's name in the parent run's folder of the store
 
 
 class ParentLookup:
@@ -71,41 +69,19 @@ class ParentLookup:
         run = load_run_or_none(self.db, run_id, self.owner)
         if run is None:
             raise ValueError(f"no run {run_id!r} of yours to start from")
-        out_dir = self.settings.runs_dir() / run_id
-        path = ckpt.resolve(out_dir, int(which) if which.isdigit() else which)
-        model = ckpt.read_model_json(out_dir)
-        if not path.exists() or model is None:
-            kept = ", ".join(map(str, ckpt.kept(out_dir))) or "none"
+        out = self.settings.run_store(run_id)
+        name = ckpt.resolve(out, int(which) if which.isdigit() else which)
+        model = ckpt.read_model_json(out)
+        it = ckpt.iter_of(out, name)
+        if it is None or model is None:
+            kept = ", ".join(map(str, ckpt.kept(out))) or "none"
             raise ValueError(f"run {run_id} has no checkpoint {which} (kept: {kept}; it is {run.status})")
-        it = _iter_of(out_dir, path)
-        self.found = Parent(run_id, it, path)
+        self.found = Parent(run_id, it, name)
         return Start(model["model_args"], model["tokenizer"], f"run {run_id} at iter {it}")
 
 
-def _iter_of(out_dir: Path, path: Path) -> int:
-    """The iteration a checkpoint file was saved at: the kept name (ckpt-<iter>.pt) that
-    names the same file."""
-    st = path.stat()
-    for it, p in ckpt.kept(out_dir).items():
-        try:
-            if os.path.samestat(st, p.stat()):
-                return it
-        except FileNotFoundError:
-            continue
-    m = re.fullmatch(r"ckpt-(\d+)\.pt", path.name)
-    if m:
-        return int(m.group(1))
-    raise ValueError(f"the checkpoint {path.name} of that run is not one of its kept checkpoints")
-
-
 def link_parent(settings: Settings, parent: Parent, run_id: str) -> None:
-    """The parent's checkpoint, hard-linked into the child's directory: it stays whatever the
-    parent's keep_checkpoints prunes before the child starts."""
-    d = settings.runs_dir() / run_id
-    d.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(parent.path, d / ckpt.PARENT)
-    except OSError:  # a filesystem without hard links
-        import shutil
-
-        shutil.copyfile(parent.path, d / ckpt.PARENT)
+    """A copy of the parent's checkpoint in the child's folder (a hard link on a disk, a
+    server-side copy on an object store): it stays whatever the parent's keep_checkpoints
+    prunes before the child starts."""
+    settings.store().copy(f"runs/{parent.run_id}/{parent.name}", f"runs/{run_id}/{ckpt.PARENT}")

@@ -6,116 +6,136 @@ data-sampler state) so that a resumed run repeats an uninterrupted one exactly.
 Everything stored is a tensor or a plain value, so `torch.load(weights_only=True)` (the
 default since torch 2.6, and what nanoGPT's sample.py calls) loads it.
 
-Files in a run's out_dir: ckpt.pt (the latest), best.pt, and ckpt-<iter>.pt for the
-checkpoints kept by iteration (`keep`). All three are hard links to one file where they name
-the same checkpoint. The naming helpers import no torch: the API lists and serves these files.
+A run's checkpoints live in its folder of an artifact store (gpt/store.py: a directory, as
+nanoGPT's out_dir, or an object store's prefix): ckpt.pt (the latest), best.pt, and
+ckpt-<iter>.pt for the checkpoints kept by iteration (`keep`). The names are copies of one
+another where they name the same checkpoint (hard links on a disk, server-side copies on a
+store); checkpoints.json says which iterations latest and best are, since an object store
+cannot tell copies apart by identity. The naming helpers import no torch: the API lists and
+serves these objects.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from gpt.store import Store
 
 if TYPE_CHECKING:
     import torch
 
 LATEST = "ckpt.pt"  # the name nanoGPT's sample.py and init_from='resume' look for
-PARENT = "parent.pt"  # a run's starting weights from another run's checkpoint (the same file, linked)
+PARENT = "parent.pt"  # a run's starting weights from another run's checkpoint (a copy)
 BEST = "best.pt"
+NAMES = "checkpoints.json"  # {"latest": iter, "best": iter}
 _BY_ITER = re.compile(r"ckpt-(\d+)\.pt")
 
+Where = Store | str | os.PathLike[str]  # a run's folder: a store, or a directory or URL naming one
 
-def save(path: Path, state: dict[str, Any], before_replace: Callable[[], None] | None = None) -> int:
-    """Write state to path atomically (a reader sees the old file or the new, never half).
 
-    before_replace runs once the bytes are on disk, just before they take path's name; if it
-    raises, path is left as it was (a worker that lost its run must not overwrite the file
-    the run's next attempt resumes from). Returns the size in bytes.
-    """
+def at(where: Where) -> Store:
+    return where if isinstance(where, Store) else Store(where)
+
+
+def save(
+    where: Where, state: dict[str, Any], before_replace: Callable[[], None] | None = None, name: str = LATEST
+) -> int:
+    """Write state as the checkpoint `name` (ckpt.pt), atomically: a reader sees the old one
+    or the new, never half. before_replace runs once the bytes are ready, just before they
+    take the name; if it raises, the name keeps what it had (a worker that lost its run must
+    not overwrite the checkpoint the run's next attempt resumes from). Returns the size."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    store = at(where)
+    with store.staged(name, before_replace) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the bytes do
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):  # a new attempt's remove_partial got to it first
-            os.unlink(tmp)
-        raise
-    return path.stat().st_size
+        size = tmp.stat().st_size
+    if name == LATEST and isinstance(state.get("iter_num"), int):
+        _names(store, latest=state["iter_num"])
+    return size
 
 
-def remove_partial(out_dir: Path) -> list[Path]:
-    """Delete what a save killed midway left (its temp files); returns them. Only for the
-    run's one trainer to call, at its start: a save in progress writes one of these."""
+def _names(store: Store, **changes: int | None) -> dict[str, Any]:
+    try:
+        names = json.loads(store.read_bytes(NAMES))
+    except (OSError, ValueError):
+        names = {}
+    if changes:
+        names.update(changes)
+        store.put_bytes(json.dumps(names).encode(), NAMES)
+    return names
+
+
+def remove_partial(where: Where) -> list[Path]:
+    """Delete what a save killed midway left in a directory (its temp files); returns them.
+    Only for the run's one trainer to call, at its start: a save in progress writes one of
+    these. (An object store shows nothing of an upload that never completed.)"""
+    d = at(where).local_path(LATEST)
     gone = []
-    for p in out_dir.glob(f".{LATEST}.*.tmp"):
+    for p in d.parent.glob(f".{LATEST}.*.tmp") if d is not None else ():
         p.unlink(missing_ok=True)
         gone.append(p)
     return gone
 
 
-def _link(src: Path, dst: Path) -> None:
-    """Atomically make dst name the file src names (a hard link: no second copy on disk)."""
-    tmp = dst.with_name(f".{dst.name}.link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # a filesystem without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def mark_best(out_dir: Path) -> None:
+def mark_best(where: Where) -> None:
     """Make best.pt the checkpoint now in ckpt.pt."""
-    _link(out_dir / LATEST, out_dir / BEST)
+    store = at(where)
+    store.copy(LATEST, BEST)
+    _names(store, best=_names(store).get("latest"))
 
 
-def by_iter(out_dir: Path, iter_num: int) -> Path:
-    return out_dir / f"ckpt-{iter_num}.pt"
+def by_iter(iter_num: int) -> str:
+    return f"ckpt-{iter_num}.pt"
 
 
-def kept(out_dir: Path) -> dict[int, Path]:
-    """The checkpoints kept by iteration, {iter: path}, in iteration order."""
-    found = {}
-    if out_dir.is_dir():
-        for p in out_dir.iterdir():
-            if m := _BY_ITER.fullmatch(p.name):
-                found[int(m.group(1))] = p
+def kept(where: Where) -> dict[int, str]:
+    """The checkpoints kept by iteration, {iter: name}, in iteration order."""
+    found = {int(m.group(1)): n for n in at(where).list("") if (m := _BY_ITER.fullmatch(n))}
     return dict(sorted(found.items()))
 
 
-def keep(out_dir: Path, iter_num: int, keep_last: int) -> None:
+def iter_of(where: Where, name: str) -> int | None:
+    """The iteration the checkpoint `name` was saved at; None when it is not there."""
+    store = at(where)
+    if m := _BY_ITER.fullmatch(name):
+        return int(m.group(1)) if store.exists(name) else None
+    recorded = _names(store).get({LATEST: "latest", BEST: "best"}.get(name, ""))
+    if isinstance(recorded, int):
+        return recorded
+    info = store.info(name)  # a directory without checkpoints.json: a kept name of the same file
+    if info is not None:
+        for it, n in kept(store).items():
+            if (other := store.info(n)) is not None and other.version == info.version:
+                return it
+    return None
+
+
+def keep(where: Where, iter_num: int, keep_last: int) -> None:
     """Name the checkpoint now in ckpt.pt by its iteration, then forget the names of all but
-    the newest keep_last of them, except the best's: disk use stays bounded however long a
+    the newest keep_last of them, except the best's: storage stays bounded however long a
     run trains, and any of the names left can be sampled or downloaded later."""
-    _link(out_dir / LATEST, by_iter(out_dir, iter_num))
-    best = out_dir / BEST
-    for path in list(kept(out_dir).values())[:-keep_last]:
-        if best.exists() and os.path.samefile(path, best):
-            continue
-        path.unlink(missing_ok=True)
+    store = at(where)
+    store.copy(LATEST, by_iter(iter_num))
+    best = iter_of(store, BEST) if store.exists(BEST) else None
+    for it, name in list(kept(store).items())[:-keep_last]:
+        if it != best:
+            store.delete(name)
 
 
-def resolve(out_dir: Path, which: str | int) -> Path:
-    """The file for "latest", "best" (the latest while no eval has improved yet) or an iter."""
+def resolve(where: Where, which: str | int) -> str:
+    """The name for "latest", "best" (the latest while no eval has improved yet) or an iter."""
     if isinstance(which, int):
-        return by_iter(out_dir, which)
-    if which == "best" and (out_dir / BEST).exists():
-        return out_dir / BEST
-    return out_dir / LATEST
+        return by_iter(which)
+    if which == "best" and at(where).exists(BEST):
+        return BEST
+    return LATEST
 
 
 def load(path: Path | IO[bytes], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -130,6 +150,12 @@ def load(path: Path | IO[bytes], map_location: str | torch.device = "cpu") -> di
     return saved
 
 
+def load_from(where: Where, name: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """load() of the checkpoint `name` in a run's folder, read straight from its store."""
+    with at(where).open(name) as f:
+        return load(f, map_location)
+
+
 # Keys beside nanoGPT's that a checkpoint of ours may hold: its tokenizer (so sampling needs no
 # dataset), the val loss it was saved at, the GELU its weights were trained with (nanoGPT's
 # GPTConfig takes no such argument, so it is not a model_arg), and exact-resume state.
@@ -137,23 +163,16 @@ GELU = "gelu"
 MODEL = "model.json"  # beside the checkpoints: what the weights are, readable without torch
 
 
-def write_model_json(out_dir: Path, model_args: dict[str, Any], tokenizer: dict[str, Any], gelu: str) -> None:
+def write_model_json(where: Where, model_args: dict[str, Any], tokenizer: dict[str, Any], gelu: str) -> None:
     """The architecture, tokenizer and GELU of a run's weights, for whoever must know them
     without loading a checkpoint (the API checks a child run's config against them)."""
-    import json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     body = {"model_args": {k: v for k, v in model_args.items() if k != "dropout"}, "tokenizer": tokenizer, "gelu": gelu}
-    tmp = out_dir / f".{MODEL}.tmp"
-    tmp.write_text(json.dumps(body))
-    os.replace(tmp, out_dir / MODEL)
+    at(where).put_bytes(json.dumps(body).encode(), MODEL)
 
 
-def read_model_json(out_dir: Path) -> dict[str, Any] | None:
-    import json
-
+def read_model_json(where: Where) -> dict[str, Any] | None:
     try:
-        return json.loads((out_dir / MODEL).read_text())
+        return json.loads(at(where).read_bytes(MODEL))
     except (OSError, ValueError):
         return None
 

@@ -42,9 +42,10 @@ class Info:
 class Store:
     """A local directory or an object store, named by a path or a URL (`s3://bucket/prefix`)."""
 
-    def __init__(self, url: str | os.PathLike[str], **storage_options: Any) -> None:
+    def __init__(self, url: str | os.PathLike[str], part_bytes: int | None = None, **storage_options: Any) -> None:
+        """part_bytes: an object store's multipart upload part size (its default where None)."""
         text = os.fspath(url)
-        self.url = text
+        self.url, self.part_bytes = text, part_bytes
         if "://" not in text or text.startswith("file://"):
             self.root: Path | None = Path(text.removeprefix("file://")).resolve()
             self.fs: Any = None
@@ -71,6 +72,12 @@ class Store:
         """The file itself where the store is a directory (to memmap, link or serve); None on an
         object store."""
         return None if self.root is None else self.root / _clean(key)
+
+    def where(self, key: str = "") -> str:
+        """The object's path or URL (the store's own for no key), for people and configs."""
+        if self.root is not None:
+            return str(self.root / _clean(key)) if key else str(self.root)
+        return f"{self.url.rstrip('/')}/{_clean(key)}" if key else self.url
 
     def _remote(self, key: str) -> str:
         return f"{self._prefix}/{_clean(key)}" if self._prefix else _clean(key)
@@ -101,15 +108,17 @@ class Store:
     def exists(self, key: str) -> bool:
         return self.info(key) is not None
 
-    def list(self, prefix: str) -> list[str]:
-        """The names (last path part) of the objects directly under prefix, sorted."""
-        if (p := self.local_path(prefix)) is not None:
+    def list(self, prefix: str = "") -> list[str]:
+        """The names (last path part) of the objects directly under prefix (the store's root
+        when empty), sorted."""
+        if self.root is not None:
+            p = self.root / _clean(prefix) if prefix else self.root
             try:
                 return sorted(c.name for c in p.iterdir() if c.is_file())
             except (FileNotFoundError, NotADirectoryError):
                 return []
         try:
-            found = self.fs.ls(self._remote(prefix), detail=True, refresh=True)
+            found = self.fs.ls(self._remote(prefix) if prefix else self._prefix, detail=True, refresh=True)
         except FileNotFoundError:
             return []
         return sorted(d["name"].rsplit("/", 1)[-1] for d in found if d.get("type") == "file")
@@ -146,6 +155,14 @@ class Store:
                 os.unlink(tmp)
             raise
 
+    def local_file(self, key: str, dest: Path) -> Path:
+        """The object as a local file: the file itself in a directory, else a copy at dest."""
+        p = self.local_path(key)
+        if p is None:
+            self.get_file(key, dest)
+            return dest
+        return p
+
     def presign(self, key: str, expires_s: int) -> str | None:
         """A URL that downloads the object without credentials for expires_s seconds, where the
         store can make one (None for a directory)."""
@@ -158,33 +175,72 @@ class Store:
 
     # --- writing -----------------------------------------------------------------------
 
-    def put_file(self, src: Path, key: str, before_commit: Callable[[], None] | None = None) -> int:
-        """Store the local file src under key, whole or not at all. before_commit runs once the
-        bytes are ready to take the name; if it raises, key keeps what it had. src is left in
-        place (a caller that wrote it for the store deletes it). Returns the size."""
-        size = src.stat().st_size
-        if (p := self.local_path(key)) is not None:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                shutil.copyfile(src, tmp)
+    @contextlib.contextmanager
+    def staged(self, key: str, before_commit: Callable[[], None] | None = None) -> Iterator[Path]:
+        """A local path to write the object to; when the block ends without an exception, the
+        file becomes the object at key, whole (before_commit runs first, and if it raises, key
+        keeps what it had). On a disk it is written beside its name (`.<name>.*.tmp`) and renamed;
+        for an object store, written to a local temp file and uploaded."""
+        p = self.local_path(key)
+        where = p.parent if p is not None else None
+        if where is not None:
+            where.mkdir(parents=True, exist_ok=True)
+        name = key.rsplit("/", 1)[-1]
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            if p is not None:
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())  # the rename must not land before the bytes do
                 if before_commit is not None:
                     before_commit()
                 os.replace(tmp, p)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            return size
-        # An object store has no rename: the check runs before the one PUT (or the completion
-        # of the multipart upload) that makes the object visible.
-        if before_commit is not None:
-            before_commit()
-        self.fs.put_file(os.fspath(src), self._remote(key))
-        return size
+            else:
+                # An object store has no rename: the check runs just before the one PUT (or the
+                # completion of the multipart upload) that makes the object visible.
+                if before_commit is not None:
+                    before_commit()
+                self._upload(tmp, key)
+        finally:
+            with contextlib.suppress(FileNotFoundError):  # renamed, or a new attempt cleaned up first
+                os.unlink(tmp)
+
+    def put_file(self, src: Path, key: str, before_commit: Callable[[], None] | None = None) -> int:
+        """Store a copy of the local file src under key, whole or not at all (see staged).
+        Returns the size."""
+        if self.local_path(key) is None:
+            if before_commit is not None:
+                before_commit()
+            self._upload(os.fspath(src), key)
+        else:
+            with self.staged(key, before_commit) as tmp:
+                shutil.copyfile(src, tmp)
+        return src.stat().st_size
+
+    def _upload(self, src: str, key: str) -> None:
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        extra = {"chunksize": self.part_bytes} if self.part_bytes and "s3" in protocols else {}
+        self.fs.put_file(src, self._remote(key), **extra)
+
+    def put_folder(self, src: Path, prefix: str, last: str) -> None:
+        """The files of the local directory src as prefix/<name>, the folder complete once
+        `last` is there: in a directory, renamed into place whole (src is gone after); on an
+        object store, uploaded one by one, `last` after all the others."""
+        if (p := self.local_path(prefix)) is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(src, p)
+            except OSError:
+                if (p / last).exists():
+                    return  # another writer of the same folder got there first
+                tmp = Path(tempfile.mkdtemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp"))
+                shutil.copytree(src, tmp, dirs_exist_ok=True)  # src is on another filesystem
+                os.rename(tmp, p)
+            return
+        names = sorted(f.name for f in src.iterdir() if f.is_file())
+        for name in [n for n in names if n != last] + [last]:
+            self.put_file(src / name, f"{prefix}/{name}")
 
     def put_bytes(self, data: bytes, key: str) -> None:
         """A small object (a manifest, a JSON), whole or not at all."""
@@ -206,6 +262,7 @@ class Store:
         if (s := self.local_path(src)) is not None:
             d = self.local_path(dst)
             assert d is not None
+            d.parent.mkdir(parents=True, exist_ok=True)
             tmp = d.with_name(f".{d.name}.link")
             tmp.unlink(missing_ok=True)
             try:

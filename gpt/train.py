@@ -34,6 +34,7 @@ from gpt.config import ARCH, GPT2_VOCAB_SIZE, PRETRAINED, TrainConfig
 from gpt.data import prepare
 from gpt.flops import flops_per_token, peak_flops
 from gpt.model import GPT, GPTConfig
+from gpt.store import Store
 from gpt.tokenizers import decode
 
 Event = dict[str, Any]
@@ -81,6 +82,7 @@ def train(
     data_dir: str | Path | None = None,
     num_threads: int | None = None,
     before_save: Callable[[], None] | None = None,
+    out: Store | None = None,
 ) -> Iterator[Event]:
     """Train per cfg, yielding events; the last one is a final `status` event.
 
@@ -89,11 +91,12 @@ def train(
     torch's CPU thread pool to the cores this job really has. before_save runs before a
     written checkpoint replaces the previous one; an exception from it (or from
     should_stop) leaves the files as they were and ends the iterator with that exception.
+    out is the store out_dir names, where the caller has one made already (its options).
     """
     if num_threads:
         torch.set_num_threads(num_threads)
     should_stop = should_stop or (lambda: False)
-    run = _Run(cfg, data_dir, before_save)
+    run = _Run(cfg, data_dir, before_save, out)
     yield run.started()
     try:
         while True:
@@ -117,7 +120,13 @@ def train(
 class _Run:
     """A run's device, data, model and optimizer, and where its loop is."""
 
-    def __init__(self, cfg: TrainConfig, data_dir: str | Path | None, before_save: Callable[[], None] | None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data_dir: str | Path | None,
+        before_save: Callable[[], None] | None,
+        out: Store | None = None,
+    ):
         dev, self.dtype, self.compile = resolve_device(cfg)
         self.device = torch.device(dev)
         # As events name it: the GPU's model ("NVIDIA H100 80GB HBM3"), else cpu or mps.
@@ -129,10 +138,12 @@ class _Run:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         self.data = prepare(cfg.dataset, cfg.resolved_tokenizer(), data_dir)
-        self.out_dir, self.before_save = Path(cfg.out_dir), before_save
-        ckpt.remove_partial(self.out_dir)  # a save killed midway; ckpt.pt is still the one before
-        latest = self.out_dir / ckpt.LATEST
-        saved = ckpt.load(latest, self.device) if cfg.init_from == "resume" and latest.exists() else None
+        # out_dir: a directory, as in nanoGPT, or a run's folder of an object store (a URL).
+        self.out, self.before_save = out or ckpt.at(cfg.out_dir), before_save
+        ckpt.remove_partial(self.out)  # a save killed midway; ckpt.pt is still the one before
+        saved = None
+        if cfg.init_from == "resume" and self.out.exists(ckpt.LATEST):
+            saved = ckpt.load_from(self.out, ckpt.LATEST, self.device)
         start = None if saved is not None else _weights(cfg.init_from, self.data.tokenizer.meta())
 
         # The model and its optimizer. Weights (a resumed run's, a pretrained or a parent's)
@@ -339,13 +350,13 @@ class _Run:
         }
         if self.gelu != "exact":
             state[ckpt.GELU] = self.gelu
-        nbytes = ckpt.save(self.out_dir / ckpt.LATEST, state, self.before_save)
-        if not (self.out_dir / ckpt.MODEL).exists():
-            ckpt.write_model_json(self.out_dir, self.model_args, self.data.tokenizer.meta(), self.gelu)
+        nbytes = ckpt.save(self.out, state, self.before_save)
+        if not self.out.exists(ckpt.MODEL):
+            ckpt.write_model_json(self.out, self.model_args, self.data.tokenizer.meta(), self.gelu)
         if best:
-            ckpt.mark_best(self.out_dir)
+            ckpt.mark_best(self.out)
         ckpt_ms = (time.perf_counter() - t0) * 1e3
-        path = str(self.out_dir / ckpt.LATEST)
+        path = self.out.where(ckpt.LATEST)
         return _event(
             "checkpoint", iter=self.iter_num, val_loss=val_loss, best=best, ckpt_ms=ckpt_ms, bytes=nbytes, path=path
         )
@@ -405,7 +416,7 @@ class _Run:
         elif self.start is not None:
             reason = f"starting from the weights of {_named(self.cfg.init_from)}; " + reason
         elif self.cfg.init_from == "resume":
-            reason = f"no checkpoint in {self.out_dir} to resume from: starting from scratch; " + reason
+            reason = f"no checkpoint in {self.cfg.out_dir} to resume from: starting from scratch; " + reason
         ev = self._status("running", reason)
         ev.update(
             device=self.device_name,

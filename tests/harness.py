@@ -261,9 +261,10 @@ class Stack:
             self.wait_worker(w)
         return self
 
-    def start(self, name: str, argv: list[str]) -> Proc:
-        """Any process beside the stack's, with its environment, logging to logs/NAME.log."""
-        p = Proc(name, argv, self.env, self.logs / f"{name}.log")
+    def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
+        """Any process beside the stack's, with its environment (and env over it), logging to
+        logs/NAME.log."""
+        p = Proc(name, argv, {**self.env, **(env or {})}, self.logs / f"{name}.log")
         self.procs.append(p)
         return p
 
@@ -332,11 +333,12 @@ class Stack:
     def api_log(self) -> str:
         return self.api_proc.tail() if self.api_proc else ""
 
-    def start_worker(self, queue: str = "train", wait: bool = True) -> Proc:
-        """A Celery worker on queue; logs/train.log for the first, train2.log, ... after it."""
+    def start_worker(self, queue: str = "train", wait: bool = True, env: Mapping[str, str] | None = None) -> Proc:
+        """A Celery worker on queue; logs/train.log for the first, train2.log, ... after it.
+        env: settings of its own over the stack's (a data directory no other process shares)."""
         n = sum(w.name.rstrip("0123456789") == queue for w in self.workers) + 1
         name = queue if n == 1 else f"{queue}{n}"
-        p = self.start(name, worker_argv(queue, name=f"{name}@test"))
+        p = self.start(name, worker_argv(queue, name=f"{name}@test"), env)
         self.workers.append(p)
         if wait:
             self.wait_worker(p)
@@ -601,6 +603,11 @@ def s3_server(bucket: str = "gptjobs") -> Iterator[dict[str, str]]:
             yield env
         finally:
             p.stop()
+            # fsspec keeps a filesystem per set of arguments, and s3fs read the endpoint from
+            # the environment when it made this one: the next server is elsewhere.
+            from s3fs import S3FileSystem
+
+            S3FileSystem.clear_instance_cache()
 
 
 def pg_bin(name: str) -> str | None:

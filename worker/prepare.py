@@ -3,13 +3,15 @@ waits behind a 10 GB tokenization: a dataset's upload becomes its token arrays.
 
 One attempt at a time holds the dataset (the claim bumps `attempt`; a lease in Redis says
 the worker is alive, as a run's does, and the API's reaper sends the task again when it
-lapses). Everything is written into a temp directory beside the prepared one and renamed
-into place only while the database still says this attempt owns the dataset, so a worker
-killed midway leaves nothing that anything reads: the next attempt starts over.
+lapses). The upload is read from the artifact store (joined into one local file first when
+that is an object store); everything is written into a local temp directory and put in
+place, meta.json last, only while the database still says this attempt owns the dataset, so
+a worker killed midway leaves nothing that anything reads: the next attempt starts over.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -18,7 +20,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from api.db import D, Database, Dataset
+from api import datasets
+from api.db import D, Database, Dataset, Upload
 from api.lifecycle import DATASETS, FAILED, PREPARING, READY, claim_preparation
 from api.queue import PREPARE_TASK
 from api.settings import get_settings, usable_cores
@@ -50,15 +53,18 @@ def prepare(dataset_id: str, sent_for: int) -> None:
     attempt = ds.attempt
     lease = Lease.for_dataset(redis_client(), dataset_id, attempt, settings.lease_ttl_s)
     lease.acquire()
-    target = settings.datasets_dir() / ds.content_key
-    work = settings.datasets_dir() / f".{dataset_id}.{attempt}.tmp"
-    src = settings.uploads_dir() / (ds.upload_id or "") / "data"
+    store, target = settings.store(), datasets.prepared(ds.content_key)
+    scratch = settings.cache() / "prepare"
+    work = scratch / f".{dataset_id}.{attempt}.tmp"
+    upload = datasets.UploadBytes(settings, ds.upload_id or "", ds.bytes or 0, _part_bytes(db, ds.upload_id))
+    joined = scratch / f".{dataset_id}.{attempt}.upload"
     ended = False
     try:
-        if not (target / "meta.json").exists():
-            for lost in settings.datasets_dir().glob(f".{dataset_id}.*.tmp"):  # what lost attempts left
-                shutil.rmtree(lost, ignore_errors=True)
+        if not store.exists(f"{target}/meta.json"):
+            for lost in scratch.glob(f".{dataset_id}.*"):  # what lost attempts left
+                shutil.rmtree(lost, ignore_errors=True) if lost.is_dir() else lost.unlink(missing_ok=True)
             work.mkdir(parents=True)
+            src = upload.local(joined)
             fmt = ds.format or detect_format(src, ds.filename)
             written = [0.0]
 
@@ -90,12 +96,10 @@ def prepare(dataset_id: str, sent_for: int) -> None:
                 time.perf_counter() - t0,
             )
             lease.check()
-            try:
-                work.rename(target)  # only a complete directory takes the name
-            except OSError:
-                if not (target / "meta.json").exists():
-                    raise  # (else another dataset of the same bytes got there first: same files)
-        _finish(db, ds, attempt, target)
+            # Only a complete folder takes the name (meta.json says so); another dataset of the
+            # same bytes may have got there first, with the same files.
+            store.put_folder(work, target, last="meta.json")
+        _finish(db, ds, attempt, json.loads(store.read_bytes(f"{target}/meta.json")))
         ended = True
     except PrepareError as e:
         log.info("dataset %s: cannot be prepared: %s", dataset_id, e)
@@ -110,15 +114,19 @@ def prepare(dataset_id: str, sent_for: int) -> None:
             ended = DATASETS.move(s, dataset_id, FAILED, where=[D.attempt == attempt], reason=reason)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        joined.unlink(missing_ok=True)
         lease.close(release=True)
     if ended and ds.upload_id:  # the bytes are tokens now (or refused): the upload goes
-        shutil.rmtree(settings.uploads_dir() / ds.upload_id, ignore_errors=True)
+        upload.remove()
 
 
-def _finish(db: Database, ds: Dataset, attempt: int, target: Any) -> None:
-    import json
+def _part_bytes(db: Database, upload_id: str | None) -> int:
+    with db.session() as s:
+        up = s.get(Upload, upload_id) if upload_id else None
+    return up.part_bytes if up is not None else 1
 
-    meta = json.loads((target / "meta.json").read_text())
+
+def _finish(db: Database, ds: Dataset, attempt: int, meta: dict[str, Any]) -> None:
     values = {k: meta[k] for k in ("format", "train_tokens", "val_tokens", "vocab_size", "documents", "preview")}
     values["tokenizer"] = meta["tokenizer"]["kind"]
     tokens = meta["train_tokens"] + meta["val_tokens"]

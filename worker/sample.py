@@ -16,7 +16,6 @@ import os
 import time
 from collections import OrderedDict
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -25,6 +24,7 @@ from api.queue import SAMPLE_REPLY_TTL_S, SAMPLE_TASK
 from api.redis_keys import sample_reply_key, sample_stop_key
 from api.settings import get_settings
 from gpt import checkpoint as ckpt
+from gpt.store import Store
 from worker.app import app, redis_client
 
 if TYPE_CHECKING:
@@ -34,29 +34,38 @@ log = logging.getLogger(__name__)
 
 
 class Models:
-    """Loaded checkpoints, least recently used first out, keyed by (device, inode); the mtime
-    and size guard against an inode number reused by a later file."""
+    """Loaded checkpoints, least recently used first out, keyed by the object (its store and
+    name) and checked against its version (inode and mtime on a disk, the ETag on an object
+    store): a checkpoint replaced under the same name is loaded anew."""
 
     def __init__(self, size: int, device: str):
         self.size, self.device = size, device
-        self.cache: OrderedDict[tuple[int, int], tuple[tuple[int, int], Loaded]] = OrderedDict()
+        self.cache: OrderedDict[str, tuple[str, Loaded]] = OrderedDict()
 
-    def get(self, path: Path) -> Loaded:
+    def get(self, store: Store, name: str) -> Loaded:
         from gpt import sample
 
-        # Stat the descriptor we load from: a checkpoint replaced meanwhile (os.replace) can
-        # never be cached under the other file's identity.
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            key, stamp = (st.st_dev, st.st_ino), (st.st_mtime_ns, st.st_size)
+        key = store.where(name)
+        p = store.local_path(name)
+        # On a disk, stat the descriptor we load from: a checkpoint replaced meanwhile
+        # (os.replace) can never be cached under the other file's identity.
+        with open(p, "rb") if p is not None else store.open(name) as f:
+            if p is not None:
+                st = os.fstat(f.fileno())
+                version = f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+            else:
+                info = store.info(name)
+                if info is None:
+                    raise FileNotFoundError(key)
+                version = info.version
             hit = self.cache.get(key)
-            if hit is not None and hit[0] == stamp:
+            if hit is not None and hit[0] == version:
                 self.cache.move_to_end(key)
                 return hit[1]
             t0 = time.perf_counter()
             m = sample.load(f, self.device)
-        log.info("loaded %s (iter %d) in %.0f ms", path, m.iter_num, (time.perf_counter() - t0) * 1e3)
-        self.cache[key] = (stamp, m)
+        log.info("loaded %s (iter %d) in %.0f ms", key, m.iter_num, (time.perf_counter() - t0) * 1e3)
+        self.cache[key] = (version, m)
         self.cache.move_to_end(key)
         while len(self.cache) > self.size:
             self.cache.popitem(last=False)
@@ -133,13 +142,13 @@ def generate(request_id: str, run_id: str, req: dict[str, Any]) -> None:
 def _generate(reply: Reply, run_id: str, req: dict[str, Any]) -> None:
     from gpt import sample
 
-    out_dir = get_settings().runs_dir() / run_id
+    out = get_settings().run_store(run_id)
     which = req["checkpoint"]
     try:
-        m = _models().get(ckpt.resolve(out_dir, which))
+        m = _models().get(out, ckpt.resolve(out, which))
     except FileNotFoundError:  # the API looked first; this is the rare race with a deletion
         if isinstance(which, int):
-            kept = ", ".join(map(str, ckpt.kept(out_dir))) or "none"
+            kept = ", ".join(map(str, ckpt.kept(out))) or "none"
             msg = f"no checkpoint at iter {which} is kept (kept: {kept})"
             reply.send(_error(422, msg, ["body", "checkpoint"], which))
         else:

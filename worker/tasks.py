@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import signals
 
-from api import lifecycle
+from api import datasets, lifecycle
 from api.db import Database, Dataset, Run
 from api.lifecycle import CANCELLED, FAILED, QUEUED, is_final
 from api.queue import TRAIN_TASK
@@ -18,6 +18,7 @@ from api.settings import get_settings, usable_cores
 from gpt.checkpoint import LATEST, PARENT
 from gpt.checkpoint import keep as keep_checkpoint
 from gpt.config import make_config
+from gpt.store import Cache
 from worker.app import app, database, redis_client
 from worker.lease import Lease, LeaseLost
 from worker.sink import EventSink
@@ -59,11 +60,11 @@ def train(run_id: str) -> None:
         lease.close(release=False)  # the reaper hands the run on when the lease expires
         raise
     try:
-        out_dir = (settings.runs_dir() / run_id).resolve()
-        overrides = {**run.config, "out_dir": str(out_dir)}
-        if run.parent_run_id:  # the API linked the parent's checkpoint here when it made the run
-            overrides["init_from"] = str(out_dir / PARENT)
-        if run.attempt > 1 and (out_dir / LATEST).exists():
+        out = settings.run_store(run_id)
+        overrides = {**run.config, "out_dir": out.where()}
+        if run.parent_run_id:  # the API copied the parent's checkpoint here when it made the run
+            overrides["init_from"] = str(out.local_file(PARENT, settings.cache() / "runs" / run_id / PARENT))
+        if run.attempt > 1 and out.exists(LATEST):
             overrides["init_from"] = "resume"  # from its own newest checkpoint, else where it started
         if run.dataset_id:  # the API checked it is the owner's and ready; a run in use cannot be deleted
             overrides["dataset"] = str(_prepared(db, run.dataset_id))
@@ -78,6 +79,7 @@ def train(run_id: str) -> None:
             data_dir=str(settings.datasets_dir().resolve()),
             num_threads=settings.torch_threads or usable_cores(),
             before_save=sink.fence,
+            out=out,
         )
         for ev in events:
             if is_final(ev) and ev["status"] == CANCELLED and not sink.cancelled:
@@ -88,7 +90,7 @@ def train(run_id: str) -> None:
                 # Named by its iter before anyone hears of it (the engine waits at this yield,
                 # so ckpt.pt is still this checkpoint): GET /runs/{id}/checkpoints/{iter}.
                 try:
-                    keep_checkpoint(out_dir, ev["iter"], settings.keep_checkpoints)
+                    keep_checkpoint(out, ev["iter"], settings.keep_checkpoints)
                 except OSError as e:  # the run goes on; ckpt.pt and best.pt are still there
                     log.warning("run %s: could not keep the checkpoint at iter %s: %s", run_id, ev["iter"], e)
             sink.emit(ev)
@@ -128,12 +130,16 @@ def train(run_id: str) -> None:
 
 
 def _prepared(db: Database, dataset_id: str) -> Path:
-    """Where a user's dataset was prepared (its directory under the data directory)."""
+    """Where a user's dataset was prepared, as a local directory: its folder in the data
+    directory, or this worker's cached copy of it from an object store."""
     with db.session() as s:
         ds = s.get(Dataset, dataset_id)
     if ds is None:
         raise RuntimeError(f"dataset {dataset_id} is gone")
-    return (get_settings().datasets_dir() / ds.content_key).resolve()
+    settings = get_settings()
+    store, folder = settings.store(), datasets.prepared(ds.content_key)
+    cache = Cache(settings.cache() / "datasets", settings.cache_max_bytes)
+    return cache.folder(store, folder, store.list(folder)).resolve()
 
 
 def _requeue_reason(ev: dict[str, Any]) -> str:

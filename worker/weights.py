@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import math
-import os
 import pickle
 import re
 import shutil
@@ -25,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from api.queue import EXPORT_TASK, IMPORT_TASK
-from api.settings import get_settings
+from api.settings import Settings, get_settings
 from gpt import checkpoint as ckpt
 from gpt import hf
+from gpt.store import Store
 from worker.app import app, redis_client
 from worker.sample import Reply, _error
 
@@ -45,25 +45,34 @@ def import_weights(request_id: str, run_id: str, upload: str, filename: str, voc
     """Make runs/<run_id>/ from an uploaded nanoGPT ckpt.pt or Hugging Face GPT-2 tar."""
     reply = Reply(redis_client(), request_id)
     reply.send({"t": "accepted"}, now=True)
-    out_dir = get_settings().runs_dir() / run_id
+    settings = get_settings()
+    out, store = settings.run_store(run_id), settings.store()
+    scratch = Path(tempfile.mkdtemp(prefix=f"gptjobs-import-{request_id}-", dir=_scratch(settings)))
     try:
-        done = _import(Path(upload), filename, Path(vocab) if vocab else None, out_dir)
+        local = store.local_file(upload, scratch / "weights")
+        local_vocab = store.local_file(vocab, scratch / "vocab") if vocab else None
+        done = _import(local, filename, local_vocab, out)
         reply.send({"t": "done", **done})
     except (Refused, hf.WeightsError) as e:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        get_settings().store().delete_tree(f"runs/{run_id}")
         reply.send(_error(422, str(e), ["body", "file"]))
     except Exception as e:
         log.exception("import into run %s failed", run_id)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        get_settings().store().delete_tree(f"runs/{run_id}")
         reply.send(_error(500, f"importing failed on the worker: {type(e).__name__}: {e}"))
     finally:
-        Path(upload).unlink(missing_ok=True)
-        if vocab:
-            Path(vocab).unlink(missing_ok=True)
+        store.delete_tree(upload.rsplit("/", 1)[0])  # the upload's folder: weights and vocab
+        shutil.rmtree(scratch, ignore_errors=True)
         reply.flush()
 
 
-def _import(upload: Path, filename: str, vocab: Path | None, out_dir: Path) -> dict[str, Any]:
+def _scratch(settings: Settings) -> Path:
+    d = settings.cache() / "imports"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _import(upload: Path, filename: str, vocab: Path | None, out: Store) -> dict[str, Any]:
     if tarfile.is_tarfile(upload):
         with tempfile.TemporaryDirectory(dir=upload.parent) as d:
             w = hf.load_dir(_extract_hf(upload, Path(d)))
@@ -95,10 +104,10 @@ def _import(upload: Path, filename: str, vocab: Path | None, out_dir: Path) -> d
     }
     if gelu != "exact":
         state_out[ckpt.GELU] = gelu
-    nbytes = ckpt.save(out_dir / ckpt.LATEST, state_out)
-    ckpt.mark_best(out_dir)
-    ckpt.keep(out_dir, it, get_settings().keep_checkpoints)
-    ckpt.write_model_json(out_dir, args, tokenizer, gelu)
+    nbytes = ckpt.save(out, state_out)
+    ckpt.mark_best(out)
+    ckpt.keep(out, it, get_settings().keep_checkpoints)
+    ckpt.write_model_json(out, args, tokenizer, gelu)
     n_params = sum(t.numel() for k, t in state.items() if k != "lm_head.weight")  # tied to wte
     return {
         "iter": it,
@@ -207,34 +216,42 @@ def _extract_hf(upload: Path, d: Path) -> Path:
 
 
 @app.task(name=EXPORT_TASK)
-def export_hf(request_id: str, checkpoint: str, out: str) -> None:
-    """Write `out` (a tar.gz of a Hugging Face GPT-2 directory) from the checkpoint file."""
+def export_hf(request_id: str, run_id: str, name: str, version: str, out: str) -> None:
+    """Write `out` in the run's folder (a tar.gz of a Hugging Face GPT-2 directory) from its
+    checkpoint `name`, if that is still the content `version` names."""
     reply = Reply(redis_client(), request_id)
     reply.send({"t": "accepted"}, now=True)
     try:
-        nbytes = _export(Path(checkpoint), Path(out))
+        nbytes = _export(get_settings().run_store(run_id), name, version, out)
         reply.send({"t": "done", "bytes": nbytes})
     except FileNotFoundError:
         reply.send(_error(404, "that checkpoint is gone (a newer one replaced it): ask again"))
     except Exception as e:
-        log.exception("export of %s failed", checkpoint)
+        log.exception("export of run %s's %s failed", run_id, name)
         reply.send(_error(500, f"exporting failed on the worker: {type(e).__name__}: {e}"))
     finally:
         reply.flush()
 
 
-def _export(path: Path, out: Path) -> int:
+def _export(store: Store, name: str, version: str, out: str) -> int:
     from safetensors.torch import save
 
-    saved = ckpt.load(path)
+    def same() -> None:
+        info = store.info(name)
+        if info is None or info.version != version:
+            raise FileNotFoundError(name)
+
+    same()
+    saved = ckpt.load_from(store, name)
+    same()  # it was not replaced while it was read: the export is named by what it holds
     args, tokenizer = saved["model_args"], saved.get("tokenizer") or {"kind": "gpt2"}
     bpe = tokenizer["kind"] == "gpt2"
     vocab = 50257 if bpe else args["vocab_size"]
     config, tensors = hf.to_hf(args, saved["model"], saved.get(ckpt.GELU, "exact"), vocab)
     files: dict[str, bytes] = {"config.json": json.dumps(config, indent=2).encode(), "model.safetensors": save(tensors)}
     if bpe:
-        for name, src in hf.gpt2_tokenizer_files().items():
-            files[name] = src.read_bytes()
+        for fname, src in hf.gpt2_tokenizer_files().items():
+            files[fname] = src.read_bytes()
         files["tokenizer_config.json"] = json.dumps(
             {"tokenizer_class": "GPT2Tokenizer", "model_max_length": args["block_size"], "bos_token": "<|endoftext|>",
              "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}, indent=2
@@ -242,15 +259,13 @@ def _export(path: Path, out: Path) -> int:
     else:
         files["vocab.json"] = json.dumps({"chars": tokenizer["chars"]}, ensure_ascii=False).encode()
         files["README.md"] = CHAR_README.encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
+    with store.staged(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for fname, data in files.items():
+            info = tarfile.TarInfo(fname)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, out)
-    return out.stat().st_size
+    found = store.info(out)
+    return found.size if found else 0
 
 
 CHAR_README = """# A character-level GPT-2 (exported by gptjobs)

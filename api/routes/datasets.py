@@ -82,9 +82,7 @@ def _store_and_create(
                 touched_at=now,
             )
         )
-    target = datasets.upload_dir(settings, upload_id)
-    target.mkdir(parents=True, exist_ok=True)
-    size, sha256 = datasets.copy_hashing(file.file, target / "data", settings.max_upload_bytes)
+    size, sha256 = datasets.UploadBytes(settings, upload_id).put_whole(file.file, settings.max_upload_bytes)
     return datasets.create(
         db, settings, celery, owner, opts, upload_id=upload_id, filename=file.filename, size=size, sha256=sha256
     )

@@ -43,12 +43,12 @@ def _queue(db: Database, settings: Settings, celery: Any, run_id: str, owner: st
     """404 / 409 / 422 from what the database and the files say, then queue the request.
     One trip to the thread pool for all of it: this is on every request's path."""
     run = load_run(db, run_id, owner)
-    out_dir = settings.runs_dir() / run_id
-    if not (out_dir / ckpt.LATEST).exists():
+    out = settings.run_store(run_id)
+    if not out.exists(ckpt.LATEST):
         raise HTTPException(409, _no_checkpoint(run))
     which = req["checkpoint"]
-    if isinstance(which, int) and not ckpt.by_iter(out_dir, which).exists():
-        kept = ", ".join(map(str, ckpt.kept(out_dir))) or "none"
+    if isinstance(which, int) and not out.exists(ckpt.by_iter(which)):
+        kept = ", ".join(map(str, ckpt.kept(out))) or "none"
         raise invalid(("body", "checkpoint"), f"no checkpoint at iter {which} is kept (kept: {kept})", which)
     request_id = secrets.token_hex(8)
     try:

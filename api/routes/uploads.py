@@ -6,9 +6,10 @@
     GET  /uploads/{id}              which parts arrived: a client resumes by sending the rest
     POST /uploads/{id}/complete     check the size (and sha256), make the dataset
 
-The upload is one file, uploads/<id>/data, of the declared size from the start: part n is
-written in place at (n - 1) * part_bytes as its body arrives (never held whole), its sha256
-computed on the way, so that complete has nothing to join, only the whole to hash. A part
+In a directory the upload is one file, uploads/<id>/data, of the declared size from the
+start: part n is written in place at (n - 1) * part_bytes as its body arrives (never held
+whole), its sha256 computed on the way, so that complete has nothing to join, only the whole
+to hash. On an object store each part is an object of its own (api/datasets.UploadBytes). A part
 counts as arrived once all its bytes are written: until then (and while one is being sent
 again) it is not listed, so a dropped connection leaves it to be sent again. Every part but
 the last is exactly part_bytes long. An upload nobody touched for GPTJOBS_UPLOAD_TTL_S is
@@ -17,12 +18,10 @@ removed (api/reaper.py).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 import time
-from pathlib import Path as FilePath
-from typing import IO, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
 from sqlalchemy import delete, select, update
@@ -94,10 +93,7 @@ def create_upload(body: UploadCreate, db: DbDep, settings: SettingsDep, owner: O
     with db.transaction() as s:
         datasets.check_room(s, owner, settings, body.bytes, new_dataset=False)
         s.add(up)
-    d = datasets.upload_dir(settings, up.id)
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / "data", "wb") as f:
-        f.truncate(body.bytes)  # sparse: the parts fill it in, each at its place
+    datasets.UploadBytes(settings, up.id, body.bytes, up.part_bytes).create()
     return _public(db, settings, up)
 
 
@@ -105,23 +101,6 @@ def create_upload(body: UploadCreate, db: DbDep, settings: SettingsDep, owner: O
 def get_upload(upload_id: UploadId, db: DbDep, settings: SettingsDep, owner: Owner) -> UploadPublic:
     """The upload, with the parts that have arrived (number, bytes, sha256)."""
     return _public(db, settings, _load(db, upload_id, owner))
-
-
-class _PartWriter:
-    """Part n's bytes, written into the upload's file at the part's place, hashed on the way."""
-
-    def __init__(self, path: FilePath, offset: int):
-        self.f: IO[bytes] = open(path, "r+b")  # noqa: SIM115 (closed in close())
-        self.f.seek(offset)
-        self.h = hashlib.sha256()
-
-    def write(self, data: bytes) -> None:
-        self.h.update(data)
-        self.f.write(data)
-
-    def close(self) -> str:
-        self.f.close()
-        return self.h.hexdigest()
 
 
 @router.put(
@@ -154,9 +133,9 @@ async def put_part(
         raise _wrong_length(n, length, int(declared), up)
     # Not arrived while it is being written: a drop midway leaves it to be sent again.
     await run_in_threadpool(_forget_part, db, upload_id, n)
-    path = datasets.upload_dir(settings, upload_id) / "data"
-    part = await run_in_threadpool(_PartWriter, path, (n - 1) * up.part_bytes)
-    size, buf = 0, bytearray()
+    files = datasets.UploadBytes(settings, upload_id, up.bytes, up.part_bytes)
+    part = await run_in_threadpool(files.part, n)
+    size, buf, whole = 0, bytearray(), False
     try:
         async for chunk in request.stream():
             size += len(chunk)
@@ -167,8 +146,9 @@ async def put_part(
                 await run_in_threadpool(part.write, bytes(buf))
                 buf.clear()
         await run_in_threadpool(part.write, bytes(buf))
+        whole = size == length
     finally:
-        digest = await run_in_threadpool(part.close)
+        digest = await run_in_threadpool(part.close, whole)
     if size != length:
         raise _wrong_length(n, length, size, up)
     await run_in_threadpool(_record_part, db, upload_id, n, size, digest)
@@ -219,7 +199,6 @@ def complete_upload(
         raise invalid(
             ("body", "sha256"), f"differs from the sha256 declared at POST /uploads ({up.sha256})", body.sha256
         )
-    d = datasets.upload_dir(settings, upload_id)
     with db.session() as s:
         datasets.check_name_free(s, owner, opts.name)
         parts = set(s.execute(select(UP.n).where(UP.upload_id == upload_id)).scalars())
@@ -228,7 +207,7 @@ def complete_upload(
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
         raise HTTPException(409, f"parts missing: {shown} (of {want}); send them, then complete again")
-    digest = datasets.sha256_of(d / "data")
+    digest = datasets.UploadBytes(settings, upload_id, up.bytes, up.part_bytes).sha256()
     if expected_sha and digest != expected_sha:
         raise invalid(("body", "sha256"), f"the parts' bytes hash to {digest}, not the sha256 expected", expected_sha)
     ds = datasets.create(

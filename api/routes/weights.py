@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import shutil
 import time
 from typing import Annotated, Any
 
@@ -26,6 +25,7 @@ from api.queue import IMPORT_TASK, SAMPLE_QUEUE
 from api.rpc import Answer, WorkerError
 from api.schemas import Problem, RunPublic, check_label
 from api.settings import Settings
+from gpt import checkpoint as ckpt
 from gpt.config import TrainConfig
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -57,31 +57,35 @@ async def import_run(
     shakespeare_char/meta.pkl localhost:8000/runs/import`."""
     label = check_label(name, ("body", "name"))
     run_id, request_id = secrets.token_hex(8), secrets.token_hex(8)
-    upload, vocab_path = await run_in_threadpool(_store, settings, request_id, file, vocab)
+    upload, vocab_key = await run_in_threadpool(_store, settings, request_id, file, vocab)
+    gone = datasets.UploadBytes(settings, f"import-{request_id}").remove
     try:
-        args = [request_id, run_id, str(upload), file.filename or "upload", vocab_path and str(vocab_path)]
+        args = [request_id, run_id, upload, file.filename or "upload", vocab_key]
         celery.send_task(IMPORT_TASK, args=args, queue=SAMPLE_QUEUE, expires=settings.sample_pickup_timeout_s)
     except Exception as e:
-        await run_in_threadpool(shutil.rmtree, upload.parent, True)
+        await run_in_threadpool(gone)
         raise WorkerError(503, f"could not queue the import (is Redis up?): {e}").http() from None
     try:
         done = await Answer(r, request_id, settings, answer_timeout_s=settings.weights_timeout_s).get()
     except WorkerError as e:
-        await run_in_threadpool(shutil.rmtree, upload.parent, True)
+        await run_in_threadpool(gone)
         raise e.http() from None
     run = await run_in_threadpool(_record, db, settings, owner, run_id, label, done)
     return RunPublic.of(run)
 
 
-def _store(settings: Settings, request_id: str, file: UploadFile, vocab: UploadFile | None) -> tuple[Any, Any]:
-    """The upload (and its vocabulary) on disk where the worker reads them."""
-    d = datasets.upload_dir(settings, f"import-{request_id}")
-    d.mkdir(parents=True, exist_ok=True)
-    datasets.copy_hashing(file.file, d / "weights", settings.max_upload_bytes)
+def _store(settings: Settings, request_id: str, file: UploadFile, vocab: UploadFile | None) -> tuple[str, str | None]:
+    """The upload (and its vocabulary) in the artifact store, where the worker reads them;
+    their keys."""
+    prefix = f"uploads/import-{request_id}"
+    store = settings.store()
+    with store.staged(f"{prefix}/weights") as tmp:
+        datasets.copy_hashing(file.file, tmp, settings.max_upload_bytes)
     if vocab is None:
-        return d / "weights", None
-    datasets.copy_hashing(vocab.file, d / "vocab", settings.max_upload_bytes)
-    return d / "weights", d / "vocab"
+        return f"{prefix}/weights", None
+    with store.staged(f"{prefix}/vocab") as tmp:
+        datasets.copy_hashing(vocab.file, tmp, settings.max_upload_bytes)
+    return f"{prefix}/weights", f"{prefix}/vocab"
 
 
 def _record(
@@ -99,7 +103,7 @@ def _record(
         id=run_id, name=name, status=SUCCEEDED, reason=reason, config=config, owner=owner,
         created_at=now, started_at=now, finished_at=now,
     )  # fmt: skip
-    path = str((settings.runs_dir() / run_id / "ckpt.pt").resolve())
+    path = settings.run_store(run_id).where(ckpt.LATEST)
     checkpoint = {"type": "checkpoint", "iter": done["iter"], "val_loss": done["val_loss"], "best": True}
     checkpoint |= {"ckpt_ms": 0.0, "bytes": done["bytes"], "path": path}
     status = {"type": "status", "status": SUCCEEDED, "reason": reason, "iter": done["iter"]}

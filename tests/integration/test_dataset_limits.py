@@ -52,7 +52,7 @@ def test_datasets_per_owner(client: TestClient) -> None:
 
 
 def test_an_abandoned_upload_is_removed(tmp_path: Path) -> None:
-    from api.datasets import expire_uploads, upload_dir
+    from api.datasets import expire_uploads
     from api.db import Database
     from api.settings import Settings
 
@@ -68,5 +68,6 @@ def test_an_abandoned_upload_is_removed(tmp_path: Path) -> None:
         finally:
             db.dispose()
         assert client.get(f"/uploads/{old['id']}").status_code == 404
-        assert not upload_dir(settings, old["id"]).exists() and upload_dir(settings, fresh["id"]).exists()
+        uploads = tmp_path / "uploads"
+        assert not (uploads / old["id"]).exists() and (uploads / fresh["id"] / "data").exists()
         assert client.get(f"/uploads/{fresh['id']}").status_code == 200

@@ -124,9 +124,9 @@ def test_timing_excludes_eval_and_checkpoint(tiny, data_dir: Path, monkeypatch: 
             now[0] += 1000.0
         return real_batch(self, split, *a)
 
-    def slow_save(path: Path, state: dict[str, Any], before_replace: Any = None) -> int:
+    def slow_save(where: Any, state: dict[str, Any], before_replace: Any = None) -> int:
         now[0] += 1000.0
-        return real_save(path, state, before_replace)
+        return real_save(where, state, before_replace)
 
     monkeypatch.setattr(time, "perf_counter", clock)
     monkeypatch.setattr(Dataset, "batch", slow_val_batch)
@@ -204,16 +204,16 @@ def test_checkpoint_loads_like_nanogpt(tiny, data_dir: Path, tmp_path: Path) -> 
 
 def test_interrupted_checkpoint_write_keeps_previous(tiny, data_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pt"
-    ckpt.save(path, {"iter_num": 1})
+    ckpt.save(tmp_path, {"iter_num": 1})
 
     class Boom:
         def __reduce__(self) -> Any:
             raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):
-        ckpt.save(path, {"iter_num": 2, "x": Boom()})
+        ckpt.save(tmp_path, {"iter_num": 2, "x": Boom()})
     assert ckpt.load(path)["iter_num"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints.json", "ckpt.pt"]
 
 
 def test_gpt2_bpe_dataset_trains(tiny, data_dir: Path) -> None:
