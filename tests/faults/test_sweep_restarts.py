@@ -59,7 +59,8 @@ def restarted_mid_sweep(stack: Stack, row: Row, sig: signal.Signals) -> None:
     sweep = wait_for(ended, 180, "the sweep to end", 0.2)
     runs = stack.http.get("/runs", params={"sweep": sweep_id}).json()["runs"]
     # From the fault to the controller's first act after it: the next run it added.
-    row.recover_s = min(_t(r["created_at"]) for r in runs if _t(r["created_at"]) > t_back) - t_fault
+    after = [_t(r["created_at"]) - t_fault for r in runs if _t(r["created_at"]) > t_back]
+    row.recover_s = min(after, default=None)
     points = sorted(r["params"]["learning_rate"] for r in runs)
     row.duplicated = len(points) - len(set(points))
     row.lost = len(set(GRID) - set(points))
