@@ -39,6 +39,7 @@ from api.routes import (
     samples,
     sweeps,
     uploads,
+    weights,
 )
 from api.settings import Settings, get_settings
 from api.sweeper import SweepController
@@ -82,7 +83,20 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         version="0.1.0",
         lifespan=lifespan,
     )
-    for module in (runs, events, samples, checkpoints, datasets, uploads, sweeps, config, health, metrics, dashboard):
+    for module in (
+        weights,
+        runs,
+        events,
+        samples,
+        checkpoints,
+        datasets,
+        uploads,
+        sweeps,
+        config,
+        health,
+        metrics,
+        dashboard,
+    ):
         app.include_router(module.router)
     app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="static")
     # Bad input is a 4xx naming the field: bodies over GPTJOBS_MAX_BODY_BYTES, and inputs like 1e400.
@@ -98,7 +112,7 @@ def body_limit(s: Settings, scope: Scope) -> tuple[int, str]:
     method, path = scope.get("method"), scope.get("path", "")
     if method == "PUT" and PART_PATH.fullmatch(path):
         return s.upload_part_bytes, "GPTJOBS_UPLOAD_PART_BYTES"
-    if method == "POST" and path == "/datasets":
+    if method == "POST" and path in ("/datasets", "/runs/import"):
         return s.max_upload_bytes + MULTIPART_OVERHEAD, "GPTJOBS_MAX_UPLOAD_BYTES"
     return s.max_body_bytes, "GPTJOBS_MAX_BODY_BYTES"
 

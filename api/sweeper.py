@@ -66,6 +66,7 @@ from api.redis_keys import SWEEP_CONTROLLER
 from api.routes.config import check_config
 from api.routes.runs import active_runs, new_run, queue_run, stop_run
 from api.settings import Settings
+from api.weights import ParentLookup, link_parent
 
 if TYPE_CHECKING:
     import optuna
@@ -309,13 +310,13 @@ class SweepController:
     def _add(self, sweep: Sweep, number: int, params: dict[str, Any], plan: Pass) -> bool:
         """Add trial `number`'s run (queued, sent after the pass; or failed at once when its
         point makes an invalid config). False if it is there already or over the quota."""
-        lookup = Lookup(self.db, sweep.owner)
+        lookup, parents = Lookup(self.db, sweep.owner), ParentLookup(self.db, self.settings, sweep.owner)
         config = {**sweep.config, **params}
-        cfg, errors = check_config(config, self.settings, lookup)
+        cfg, errors = check_config(config, self.settings, lookup, parents)
         fields: dict[str, Any] = {"name": f"{sweep.name or 'sweep ' + sweep.id} #{number}"}
         fields |= {"sweep_id": sweep.id, "trial": number, "params": params}
         if cfg is not None:
-            run = new_run(cfg, lookup.found, sweep.owner, **fields)
+            run = new_run(cfg, lookup.found, sweep.owner, parent=parents.found, **fields)
         else:
             run = Run(id=secrets.token_hex(8), config=config, owner=sweep.owner, created_at=time.time(), **fields)
         try:
@@ -335,6 +336,8 @@ class SweepController:
         except IntegrityError:
             return False  # another pass (a replica that held the lease before) added it
         if cfg is not None:
+            if parents.found is not None:  # before any worker can start it
+                link_parent(self.settings, parents.found, run.id)
             plan.sends.append(run)
         log.info("sweep %s: run %s is trial %d %s", sweep.id, run.id, number, params)
         return True

@@ -28,7 +28,7 @@ from api.progress import glances
 from api.routes.config import SERVER_SET, check_config
 from api.schemas import SweepBest, SweepCreate, SweepDetail, SweepPublic, SweepRun, iso
 from api.settings import Settings
-from gpt.config import FIELDS, Corpus
+from gpt.config import FIELDS, Corpus, Start
 
 MAX_GRID = 1000  # grid points; a bigger grid is a 422 (a random search samples a space that size)
 MAX_CHECKED = 1000  # combinations checked at creation; past it, a point is checked as its run starts
@@ -56,7 +56,11 @@ def _named(combo: dict[str, Any]) -> str:
 
 
 def plan(
-    body: SweepCreate, settings: Settings, corpus: Callable[[str], Corpus], owner: str | None
+    body: SweepCreate,
+    settings: Settings,
+    corpus: Callable[[str], Corpus],
+    owner: str | None,
+    start: Callable[[str], Start] | None = None,
 ) -> tuple[Sweep | None, Errors]:
     """The sweep's row (not added yet), or the errors by field, as a 422 lists them."""
     errors: Errors = []
@@ -100,7 +104,7 @@ def plan(
     if errors:
         return None, errors
 
-    max_iters = _check_combinations(body.config, parameters, settings, corpus, bad)
+    max_iters = _check_combinations(body.config, parameters, settings, corpus, start, bad)
     if errors:
         return None, errors
     early_stop = body.early_stop.model_dump() if body.early_stop else None
@@ -134,6 +138,7 @@ def _check_combinations(
     parameters: dict[str, Any],
     settings: Settings,
     corpus: Callable[[str], Corpus],
+    start: Callable[[str], Start] | None,
     bad: Callable[..., None],
 ) -> int | None:
     """check_config on the base config with each combination over it (up to MAX_CHECKED).
@@ -141,17 +146,25 @@ def _check_combinations(
     (`config.<key>`); any other names the values that cause it. Returns the longest run's
     max_iters (None when nothing was valid)."""
     found: dict[str, Corpus] = {}
+    starts: dict[str, Start] = {}
 
     def cached(ref: str) -> Corpus:  # a dataset looked up once, not once per combination
         if ref not in found:
             found[ref] = corpus(ref)
         return found[ref]
 
+    def cached_start(ref: str) -> Start:  # a parent run's checkpoint, likewise
+        if start is None:
+            raise ValueError("starting from a run's checkpoint needs an owner's lookup")
+        if ref not in starts:
+            starts[ref] = start(ref)
+        return starts[ref]
+
     failing: list[tuple[dict[str, Any], Errors]] = []
     checked, longest = 0, None
     for combo in itertools.islice(_combinations(parameters), MAX_CHECKED):
         checked += 1
-        cfg, errs = check_config({**base, **combo}, settings, cached)
+        cfg, errs = check_config({**base, **combo}, settings, cached, cached_start)
         if cfg is None:
             failing.append((combo, errs))
         else:

@@ -15,6 +15,7 @@ from api.db import Database, Dataset, Run
 from api.lifecycle import CANCELLED, FAILED, PRUNED, QUEUED, is_final
 from api.queue import TRAIN_TASK
 from api.settings import get_settings, usable_cores
+from gpt.checkpoint import LATEST, PARENT
 from gpt.checkpoint import keep as keep_checkpoint
 from gpt.config import make_config
 from worker.app import app, database, redis_client
@@ -60,11 +61,15 @@ def train(run_id: str) -> None:
     try:
         out_dir = (settings.runs_dir() / run_id).resolve()
         overrides = {**run.config, "out_dir": str(out_dir)}
-        if run.attempt > 1:
-            overrides["init_from"] = "resume"  # from the newest checkpoint, or from scratch if none
+        if run.parent_run_id:  # the API linked the parent's checkpoint here when it made the run
+            overrides["init_from"] = str(out_dir / PARENT)
+        if run.attempt > 1 and (out_dir / LATEST).exists():
+            overrides["init_from"] = "resume"  # from its own newest checkpoint, else where it started
         if run.dataset_id:  # the API checked it is the owner's and ready; a run in use cannot be deleted
             overrides["dataset"] = str(_prepared(db, run.dataset_id))
-        cfg = make_config(overrides, max_params=settings.max_params, allow_paths=run.dataset_id is not None)
+        # Paths only as the worker itself put them: the API took a dataset id and a run id.
+        local = run.dataset_id is not None or run.parent_run_id is not None
+        cfg = make_config(overrides, max_params=settings.max_params, allow_paths=local)
         from gpt.train import train as train_loop  # torch: the worker warmed it up at start
 
         events = train_loop(

@@ -36,6 +36,7 @@ from api.routes.config import check_config
 from api.schemas import Problem, RunCreate, RunDetail, RunList, RunListItem, RunPublic
 from api.settings import Settings
 from api.sweeps import load_sweep
+from api.weights import Parent, ParentLookup, link_parent
 from gpt.config import TrainConfig
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -64,8 +65,8 @@ def create_run(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunPublic:
     """Queue a training run. The config is validated now; a bad key is a 422 naming it and why."""
-    lookup = Lookup(db, owner)
-    cfg, errors = check_config(body.config, settings, lookup)
+    lookup, parents = Lookup(db, owner), ParentLookup(db, settings, owner)
+    cfg, errors = check_config(body.config, settings, lookup, parents)
     if cfg is None:
         raise RequestValidationError(errors)
     digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
@@ -78,6 +79,7 @@ def create_run(
         cfg,
         lookup.found,
         owner,
+        parent=parents.found,
         name=body.name,
         max_restarts=body.max_restarts,
         idempotency_key=scoped_key,
@@ -92,23 +94,32 @@ def create_run(
             response.status_code = 200
             return earlier
         raise
+    if parents.found is not None:  # before any worker can start it
+        link_parent(settings, parents.found, run.id)
     if (e := queue_run(db, celery, run)) is not None:
         raise HTTPException(503, f"could not queue the run (is Redis up?): {e}") from None
     return RunPublic.of(run)
 
 
-def new_run(cfg: TrainConfig, dataset: Dataset | None, owner: str | None, **fields: Any) -> Run:
-    """The row of a new run of `cfg` (check_config's), not yet added: POST /runs' and a sweep's."""
+def new_run(
+    cfg: TrainConfig, dataset: Dataset | None, owner: str | None, parent: Parent | None = None, **fields: Any
+) -> Run:
+    """The row of a new run of `cfg` (check_config's), not yet added: POST /runs' and a sweep's.
+    With a parent, link_parent must follow before the run is queued."""
     run_id = secrets.token_hex(8)
     config = cfg.to_dict()
     config["out_dir"] = f"runs/{run_id}"  # the server chooses: under its data directory
     if dataset is not None:
         config["dataset"] = dataset.id  # by id: a name may later name another dataset
+    if parent is not None:
+        config["init_from"] = f"run:{parent.run_id}@{parent.iter}"  # latest/best as they were now
     return Run(
         id=run_id,
         config=config,
         dataset_id=dataset.id if dataset else None,
         dataset_sha256=dataset.sha256 if dataset else None,
+        parent_run_id=parent.run_id if parent else None,
+        parent_iter=parent.iter if parent else None,
         owner=owner,
         created_at=time.time(),
         **fields,

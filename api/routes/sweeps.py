@@ -20,6 +20,7 @@ from api.deps import DbDep, Owner, RedisDep, SettingsDep
 from api.lifecycle import ACTIVE, CANCELLED, RUNNING, SWEEPS, TERMINAL
 from api.routes.runs import stop_run
 from api.schemas import Problem, SweepCreate, SweepDetail, SweepList
+from api.weights import ParentLookup
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def create_sweep(body: SweepCreate, db: DbDep, settings: SettingsDep, owner: Own
     `method`, at most `max_concurrent` at a time, `max_runs` in all; with `early_stop`, the
     runs behind at a rung end `pruned`. Every combination of values (and each range's ends)
     is checked now: one that makes an invalid config is a 422 naming the values."""
-    sweep, errors = sweeps.plan(body, settings, Lookup(db, owner), owner)
+    sweep, errors = sweeps.plan(body, settings, Lookup(db, owner), owner, ParentLookup(db, settings, owner))
     if sweep is None:
         raise RequestValidationError(errors)
     with db.transaction() as s:

@@ -460,3 +460,14 @@ def test_the_sweep_view_plots_each_parameter_and_every_runs_curve_with_the_prune
     page.wait_for_url(RUN_URL)
     page.wait_for_selector("#view[data-status=succeeded]")
     assert not page.problems, "\n".join(page.problems)
+
+
+def test_a_run_started_from_another_shows_its_lineage(page: Any, site: Stack, finished: str) -> None:
+    child = site.submit({"init_from": f"run:{finished}@best", "max_iters": 10, "lr_decay_iters": 10, "warmup_iters": 0})
+    assert child["parent"]["run_id"] == finished, child
+    page.goto(f"{site.url}/#/runs/{child['id']}")
+    link = page.wait_for_selector("#lineage a#parent")
+    assert link.get_attribute("href") == f"#/runs/{finished}"
+    assert f"at iter {child['parent']['iter']}" in page.inner_text("#lineage")
+    site.wait_status(child["id"], {"succeeded"})
+    assert page.problems == []

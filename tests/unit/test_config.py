@@ -41,7 +41,7 @@ def test_nanogpt_defaults_and_recipe() -> None:
         ({"seed": float("inf")}, "seed", "integer"),
         ({"sample_prompts": ["\ud800"]}, "sample_prompts", "Unicode"),
         ({"device": "tpu"}, "device", "one of"),
-        ({"init_from": "gpt2-xl"}, "init_from", "download"),
+        ({"init_from": "gpt2-xxl"}, "init_from", "must be one of scratch, resume, gpt2, gpt2-medium"),
         ({"bias": "maybe"}, "bias", "true or false"),
     ],
 )
