@@ -84,10 +84,10 @@ def restarted_mid_sweep(stack: Stack, row: Row, sig: signal.Signals) -> None:
 
 
 def test_api_sigtermed_mid_sweep(stack: Stack, row: Row) -> None:
-    row.fault = "9. API (the sweep controller) SIGTERMed mid-sweep, grid of 4, max_concurrent 2"
+    row.fault = "13. API (the sweep controller) SIGTERMed mid-sweep, grid of 4, max_concurrent 2"
     restarted_mid_sweep(stack, row, signal.SIGTERM)
 
 
 def test_api_sigkilled_mid_sweep(stack: Stack, row: Row) -> None:
-    row.fault = "10. API (the sweep controller) SIGKILLed mid-sweep, grid of 4, max_concurrent 2"
+    row.fault = "14. API (the sweep controller) SIGKILLed mid-sweep, grid of 4, max_concurrent 2"
     restarted_mid_sweep(stack, row, signal.SIGKILL)

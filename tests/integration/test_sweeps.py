@@ -1,11 +1,12 @@
 """Sweeps against the real parts (a redis-server, one Celery training worker, `gptjobs serve`
 with the controller inside, SQLite): a grid over four learning rates from a YAML file with
 the CLI, a random search that ASHA prunes through the Python client, the checks made before
-anything is queued, a cancelled sweep, and another owner's view. The one worker trains the
-runs one after another, so the sweeps are small and short."""
+anything is queued, a cancelled sweep, the owner's active-runs limit, and another owner's
+view. The one worker trains the runs one after another, so the sweeps are small and short."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -181,12 +182,15 @@ def test_a_cancelled_sweep_cancels_its_queued_and_running_runs(stack: Stack, cli
         w = client.sweeps.get(sweep.id)
         return w if w.runs_by_status.get("running") == 1 and w.runs_by_status.get("queued") == 2 else None
 
-    wait_for(one_running, 60, "one run running, two queued", 0.2)
-    cancelled = client.sweeps.cancel(sweep.id)
+    before = wait_for(one_running, 60, "one run running, two queued", 0.2)
+    running = next(r for r in before.runs if r.status == "running")
+    out = cli(stack, "sweep", "cancel", sweep.id)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert out.stdout.strip() == f"sweep {sweep.id} cancelled; stopping {running.id} (each checkpoints first)"
+    cancelled = client.sweeps.get(sweep.id)
     assert cancelled.status == "cancelled" and cancelled.left == 0
-    queued = [r for r in cancelled.runs if r.status == "cancelled"]
-    assert len(queued) == 2 and all(r.reason == "its sweep was cancelled" for r in queued), cancelled.runs
-    running = next(r for r in cancelled.runs if r.status == "running")
+    queued = [r for r in cancelled.runs if r.id != running.id]
+    assert all(r.status == "cancelled" and r.reason == "its sweep was cancelled" for r in queued), cancelled.runs
     ended = client.runs.wait(running.id, timeout=60)
     assert ended.status == "cancelled", ended
     assert stack.events(running.id)[-2]["type"] == "checkpoint"
@@ -194,6 +198,30 @@ def test_a_cancelled_sweep_cancels_its_queued_and_running_runs(stack: Stack, cli
     assert len(client.sweeps.get(sweep.id).runs) == 3
     with pytest.raises(gptjobs.Conflict):
         client.sweeps.cancel(sweep.id)
+
+
+def test_a_sweeps_runs_count_toward_the_owners_active_runs(
+    stack: Stack, client: gptjobs.Client, tmp_path: Path
+) -> None:
+    long = TINY | {"max_iters": 20000, "lr_decay_iters": 20000, "eval_interval": 1000}
+    others = [stack.submit(long)["id"] for _ in range(LIMIT - 1)]  # one running, the rest queued
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"config": SHORT, "parameters": {"learning_rate": {"values": [1e-3, 3e-3]}}}))
+    made = cli(stack, "sweep", "create", str(path))  # a JSON file this time; grid is not the default
+    assert made.returncode == 2 and "max_runs" in made.stderr, (made.stdout, made.stderr)
+    path.write_text(path.read_text()[:-1] + ', "method": "grid"}')
+    made = cli(stack, "sweep", "create", str(path))
+    assert made.returncode == 0, made.stderr
+    sweep = client.sweeps.get(made.stdout.strip())
+    assert sweep.max_concurrent == 2
+    time.sleep(2)  # several controller passes: the one slot left is all it gets
+    assert len(client.sweeps.get(sweep.id).runs) == 1
+    resp = stack.http.post("/runs", json={"config": SHORT})
+    assert resp.status_code == 429 and "GPTJOBS_MAX_ACTIVE_RUNS" in resp.text, resp.text  # the sweep's run counts
+    for run_id in others:
+        assert stack.http.post(f"/runs/{run_id}/cancel").status_code in (200, 202)
+    done = client.sweeps.wait(sweep.id, timeout=180, poll_s=0.5)
+    assert done.status == "succeeded" and len(done.runs) == 2, done
 
 
 def test_another_owner_gets_404_on_the_sweep_and_its_runs(stack: Stack, client: gptjobs.Client) -> None:
