@@ -13,6 +13,7 @@ Exit codes:
     2    bad input: a usage error, or the server's 422 (printed field by field)
     3    watch: the run was cancelled
     4    the server refused (any other 4xx or 5xx) or could not be reached
+    5    watch: the run was pruned (its sweep's early stopping ended it)
     130  Ctrl-C (a watched run goes on; `gptjobs cancel RUN` stops it)
 
 Torch-free, like the rest of api/: gpt.config and gpt.logfmt import no torch.
@@ -38,8 +39,8 @@ import gptjobs
 from gpt.config import FIELDS, TrainConfig
 from gpt.logfmt import format_event
 
-EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_ERROR, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
-WATCH_EXIT = {"succeeded": 0, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
+EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_ERROR, EXIT_PRUNED, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
+WATCH_EXIT = {"succeeded": 0, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED, "pruned": EXIT_PRUNED}
 NANOGPT_ONLY = {"wandb_log", "wandb_project", "wandb_run_name", "backend"}  # train.py keys with no meaning here
 SAMPLE_OPTIONS = ("max_new_tokens", "temperature", "top_k", "seed", "num_samples")  # sent only when given
 REDRAW_S = 0.1  # the bar is redrawn at most this often (a replayed history is thousands of events)
@@ -444,6 +445,8 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             )
             if getattr(args, "datasets_command", None) == "upload":
                 extra = " (the same command resumes the upload: only the missing parts are sent)"
+            if getattr(args, "sweep_command", None) in ("create", "watch"):
+                extra = " (the sweep goes on: `gptjobs sweep cancel SWEEP` stops it)"
             print(f"\ngptjobs: interrupted{extra}", file=sys.stderr)
             return EXIT_INTERRUPTED
         except BrokenPipeError:  # `gptjobs log RUN | head`: the reader left, which is fine
@@ -466,8 +469,9 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def add_client_commands(sub: argparse._SubParsersAction) -> None:
-    """submit, list, show, watch, log, cancel, sample, datasets: added to `gptjobs`'s subcommands."""
+    """submit, list, show, watch, log, cancel, sample, datasets, sweep: added to `gptjobs`'s subcommands."""
     from api.cli_datasets import add_dataset_commands
+    from api.cli_sweeps import add_sweep_commands
 
     common = common_options()
 
@@ -476,7 +480,7 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(fn=_guarded(fn))
         return p
 
-    watch_help = "exit 0 succeeded, 1 failed, 3 cancelled, 130 Ctrl-C (the run goes on)"
+    watch_help = "exit 0 succeeded, 1 failed, 3 cancelled, 5 pruned, 130 Ctrl-C (the run goes on)"
     p = command("submit", cmd_submit, "queue a training run from nanoGPT-style options; prints its id")
     p.usage = "%(prog)s [CONFIG ...] [--option=value ...] [--name NAME] [--max-restarts N] [--watch [--json]]"
     p.add_argument("config_files", nargs="*", metavar="CONFIG", help="nanoGPT config file (.py) or .json; options win")
@@ -538,3 +542,4 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="where it goes (made if missing)")
 
     add_dataset_commands(sub, common)
+    add_sweep_commands(sub, common)

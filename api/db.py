@@ -23,7 +23,12 @@ EVENT_TYPES = ("iter", "eval", "checkpoint", "status", "warning", "sample")
 
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_created_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_runs_created_id", "created_at", "id"),
+        # One run per trial: the sweep controller, restarted between asking for a trial and
+        # adding its run, adds it again only if it is not there.
+        Index("ix_runs_sweep_trial", "sweep_id", "trial", unique=True),
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     name: str | None = Field(default=None, max_length=200)
@@ -43,10 +48,40 @@ class Run(SQLModel, table=True):
     # What it trains on, when that is a user's dataset: its id and the sha256 of its bytes.
     dataset_id: str | None = Field(default=None, max_length=32, index=True)
     dataset_sha256: str | None = Field(default=None, max_length=64)
+    # A sweep's run: the sweep, its trial's number there (Optuna's, from 0) and the values it tries.
+    sweep_id: str | None = Field(default=None, max_length=32)
+    trial: int | None = None
+    params: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
     request_hash: str | None = Field(default=None, max_length=64)  # same key, other body -> 409
     created_at: float  # epoch seconds, like the events' ts; floats sort and compare exactly
     started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Sweep(SQLModel, table=True):
+    """A search over runs (api/sweeps.py, api/sweeper.py): the base config, the space, the
+    budget. Its runs are rows of `runs` with its id; what the search knows (trials, values
+    reported, pruning rungs) is Optuna's study `sweep-<id>`, in the same database."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_created_id", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    name: str | None = Field(default=None, max_length=200)
+    owner: str | None = Field(default=None, max_length=100, index=True)
+    status: str = Field(default="running", max_length=16, index=True)  # api/lifecycle.py SWEEPS
+    reason: str | None = Field(default=None, sa_type=Text)
+    config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # the base, as sent
+    parameters: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # name -> values or range
+    method: str = Field(max_length=16)  # grid, random, tpe
+    metric: str = Field(max_length=32)
+    goal: str = Field(max_length=16)
+    max_runs: int
+    max_concurrent: int
+    early_stop: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    seed: int = Field(sa_type=BigInteger)
+    created_at: float
     finished_at: float | None = None
 
 
@@ -147,6 +182,7 @@ K = ApiKey.__table__.c  # type: ignore[attr-defined]
 D = Dataset.__table__.c  # type: ignore[attr-defined]
 U = Upload.__table__.c  # type: ignore[attr-defined]
 UP = UploadPart.__table__.c  # type: ignore[attr-defined]
+S = Sweep.__table__.c  # type: ignore[attr-defined]
 CURRENT = E.superseded == false()  # the run's one timeline: every history query filters on it
 
 
@@ -225,6 +261,12 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    return sqlite_rules(engine, writer=writer)
+
+
+def sqlite_rules(engine: Engine, *, writer: bool) -> Engine:
+    """Our SQLite connection rules on an engine: make_engine's, and the one Optuna's storage
+    makes for itself (api/study.py)."""
     event.listen(engine, "connect", _sqlite_pragmas)
     if writer:
 

@@ -10,11 +10,18 @@ one way to make a move.
       ├─────────────┴─────▶ cancelled   (waiting for a worker)
       └──────────────────▶ failed      (could not be queued)
 
+    and from any of queued, running, recovering ──▶ pruned: its sweep's early stopping ended
+    it (a running run writes a checkpoint first, as for a cancel; api/sweeper.py).
+
 A move is a conditional UPDATE: it happens only while the row is in a state the move may
 start from (and, where the mover says so, at the attempt it knows). When two writers race
 for a run (a claim and a cancel, two API replicas reaping it, a worker ending a run the
 reaper just took back), the database picks one and the other changes nothing; `move` says
 which one this caller was.
+
+A sweep is `running` until its controller has started and seen the end of every run its
+budget allows (`succeeded`, or `failed` when none of them reached a val loss), or its owner
+cancels it (`cancelled`).
 
 A dataset is `preparing` from its upload until a prepare worker has made its token arrays
 (`ready`) or found why it cannot (`failed`); a preparation whose worker is lost is started
@@ -39,10 +46,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlmodel import Session, SQLModel
 
-from api.db import D, Dataset, R, Run, dumps, event_row, insert_events, last_seq
+from api.db import D, Dataset, R, Run, Sweep, dumps, event_row, insert_events, last_seq
 
 QUEUED, RUNNING, RECOVERING = "queued", "running", "recovering"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+PRUNED = "pruned"  # ended by its sweep's early stopping
 PREPARING, READY = "preparing", "ready"
 
 
@@ -90,9 +98,9 @@ class Lifecycle:
 RUNS = Lifecycle(
     Run,
     {
-        QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
-        RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, QUEUED, RECOVERING}),
-        RECOVERING: frozenset({RUNNING, CANCELLED}),
+        QUEUED: frozenset({RUNNING, CANCELLED, FAILED, PRUNED}),
+        RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, QUEUED, RECOVERING, PRUNED}),
+        RECOVERING: frozenset({RUNNING, CANCELLED, PRUNED}),
     },
     ended_at="finished_at",
 )
@@ -103,6 +111,8 @@ ACTIVE = WAITING | {RUNNING}  # what counts against GPTJOBS_MAX_ACTIVE_RUNS
 
 
 DATASETS = Lifecycle(Dataset, {PREPARING: frozenset({READY, FAILED})}, ended_at="finished_at")
+
+SWEEPS = Lifecycle(Sweep, {RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED})}, ended_at="finished_at")
 
 
 def claim_preparation(s: Session, dataset_id: str, attempt: int) -> bool:

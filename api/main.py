@@ -1,7 +1,7 @@
 """The FastAPI app: `uvicorn api.main:app` (or `gptjobs serve`). Never imports torch.
 
 The lifespan makes the process's shared objects (database engines, the Redis pool, the
-relay of live events, the Celery client, the reaper) and keeps them on `app.state`, where
+relay of live events, the Celery client, the reaper, the sweep controller) and keeps them on `app.state`, where
 api/deps.py hands them to the routes; every route is in api/routes/.
 """
 
@@ -37,10 +37,12 @@ from api.routes import (
     metrics,
     runs,
     samples,
+    sweeps,
     uploads,
     weights,
 )
 from api.settings import Settings, get_settings
+from api.sweeper import SweepController
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,14 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             sample_quota_key, "sample requests", "GPTJOBS_SAMPLE_REQUESTS_PER_MIN", clock=clock
         )
         reaper = asyncio.create_task(Reaper(app.state.db, app.state.redis, app.state.celery, s).forever())
+        sweeper = SweepController(app.state.db, app.state.redis, app.state.celery, s)
+        sweeping = asyncio.create_task(sweeper.forever())
         try:
             yield
         finally:
             reaper.cancel()
+            await sweeper.stop()  # its pass in hand ends, then the next API process takes over at once
+            sweeping.cancel()
             await app.state.relay.close()
             await app.state.redis.aclose()
             app.state.db.dispose()
@@ -77,7 +83,20 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         version="0.1.0",
         lifespan=lifespan,
     )
-    for module in (weights, runs, events, samples, checkpoints, datasets, uploads, config, health, metrics, dashboard):
+    for module in (
+        weights,
+        runs,
+        events,
+        samples,
+        checkpoints,
+        datasets,
+        uploads,
+        sweeps,
+        config,
+        health,
+        metrics,
+        dashboard,
+    ):
         app.include_router(module.router)
     app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="static")
     # Bad input is a 4xx naming the field: bodies over GPTJOBS_MAX_BODY_BYTES, and inputs like 1e400.

@@ -26,6 +26,17 @@ def cancel_key(run_id: str) -> str:
     return f"run:{run_id}:cancel"
 
 
+def prune_key(run_id: str) -> str:
+    """Set by the sweep controller to end a running run `pruned`; holds the reason. The worker
+    checks it with the cancel flag: the run stops the same way, checkpoint first."""
+    return f"run:{run_id}:prune"
+
+
+# The sweep controller's lease: the token of the one API process acting for every sweep now,
+# with a TTL it renews (api/sweeper.py).
+SWEEP_CONTROLLER = "sweeps:controller"
+
+
 def sample_reply_key(request_id: str) -> str:
     """A sampling request's answer: a list the worker RPUSHes and the API BLPOPs."""
     return f"sample:{request_id}"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.db import Run
 from api.diagnostics import Diagnostics
@@ -35,6 +36,13 @@ class RunCreate(BaseModel):
         if why := control_chars(name):
             raise ValueError(why)
         return name
+
+
+def label(name: str | None) -> str | None:
+    """The label, or ValueError saying what is wrong with it (for pydantic validators)."""
+    if why := control_chars(name):
+        raise ValueError(why)
+    return name
 
 
 def control_chars(label: str | None) -> str | None:
@@ -81,6 +89,8 @@ class RunPublic(BaseModel):
     max_restarts: int | None
     dataset: TrainedOn | None = Field(description="the dataset of yours it trains on; null for a built-in one")
     parent: StartedFrom | None = Field(description="where its weights came from, when another run's checkpoint")
+    sweep: str | None = Field(default=None, description="the sweep that started it (GET /sweeps/{id})")
+    params: dict[str, Any] | None = Field(default=None, description="a sweep's run: the values it tries")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -88,6 +98,8 @@ class RunPublic(BaseModel):
     @classmethod
     def of(cls, run: Run) -> RunPublic:
         return cls(
+            sweep=run.sweep_id,
+            params=run.params,
             id=run.id,
             name=run.name,
             status=run.status,
@@ -303,3 +315,139 @@ class UploadComplete(BaseModel):
     val_fraction: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False, description="default 0.1")
     text_field: str | None = Field(default=None, min_length=1, max_length=200, description="JSON Lines: default text")
     sha256: SHA256 | None = Field(default=None, description="the whole file's, if not declared at POST /uploads")
+
+
+# --- sweeps -----------------------------------------------------------------------------------
+
+Scalar = bool | int | Annotated[float, Field(allow_inf_nan=False)] | str | None
+Number = int | Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Parameter(BaseModel):
+    """One config key's search space: a list of values, or a range (integers if min and max
+    both are, else floats; `log` for log-uniform)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: list[Scalar] | None = Field(default=None, min_length=1, max_length=1000)
+    min: Number | None = None
+    max: Number | None = None
+    log: bool = Field(default=False, description="log-uniform over the range (min > 0)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Parameter:
+        ranged = self.min is not None or self.max is not None
+        if self.values is not None:
+            if ranged or self.log:
+                raise ValueError("give either values or min and max (with log), not both")
+            seen = [json.dumps(v) for v in self.values]
+            if len(set(seen)) != len(seen):
+                raise ValueError("values must differ from each other")
+            return self
+        if self.min is None or self.max is None:
+            raise ValueError("give a list of values, or both min and max")
+        if isinstance(self.min, bool) or isinstance(self.max, bool) or self.min >= self.max:
+            raise ValueError(f"min must be a number below max (got {self.min!r}, {self.max!r})")
+        if self.log and self.min <= 0:
+            raise ValueError(f"a log range needs min > 0 (got {self.min!r})")
+        return self
+
+    def normalised(self) -> dict[str, Any]:
+        if self.values is not None:
+            return {"values": list(self.values)}
+        kind = "int" if isinstance(self.min, int) and isinstance(self.max, int) else "float"
+        return {"min": self.min, "max": self.max, "log": self.log, "type": kind}
+
+
+class EarlyStop(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["asha"] = Field(description="asynchronous successive halving (Optuna's SuccessiveHalvingPruner)")
+    min_iter: int = Field(ge=1, lt=2**31, description="the first rung: runs are first compared at this iteration")
+    reduction_factor: int = Field(
+        default=3, ge=2, le=100, description="rungs at min_iter * factor**k; a rung keeps the best 1/factor of runs"
+    )
+
+
+class SweepCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=200, description="a label: any text but control characters")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the base config, as POST /runs takes it; each run sets its parameters over it",
+    )
+    parameters: dict[str, Parameter] = Field(
+        min_length=1,
+        max_length=50,
+        description="config key -> {values: [...]} or {min, max, log}",
+        examples=[{"learning_rate": {"min": 1e-4, "max": 1e-2, "log": True}, "n_layer": {"values": [2, 4]}}],
+    )
+    method: Literal["grid", "random", "tpe"] = Field(
+        default="random", description="grid: every combination of values; random; tpe: Optuna's TPE sampler"
+    )
+    metric: Literal["val_loss"] = "val_loss"
+    goal: Literal["minimize"] = "minimize"
+    max_runs: int | None = Field(
+        default=None, ge=1, le=10_000, description="runs in all; grid: at most (and by default) every combination"
+    )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        description="runs queued or running at once; default the smallest of 4, max_runs and your limit",
+    )
+    early_stop: EarlyStop | None = Field(default=None, description="stop runs that are behind at a rung; null: none")
+    seed: int | None = Field(default=None, ge=0, lt=2**32, description="the search's seed; null: a new one")
+
+    @field_validator("name")
+    @classmethod
+    def _no_control_chars(cls, name: str | None) -> str | None:
+        return label(name)
+
+
+class SweepRun(BaseModel):
+    id: str
+    trial: int = Field(description="its number in the sweep, from 0, in the order they were started")
+    name: str | None
+    status: str
+    reason: str | None
+    params: dict[str, Any]
+    best_val_loss: float | None
+    iter: int | None = Field(description="the newest iteration it reported")
+    max_iters: int | None
+
+
+class SweepBest(BaseModel):
+    run: str = Field(description="the run's id")
+    params: dict[str, Any]
+    val_loss: float = Field(description="the lowest val loss any run of the sweep reached (its best.pt)")
+    status: str
+
+
+class SweepPublic(BaseModel):
+    id: str
+    name: str | None
+    status: str = Field(description="running, succeeded, failed or cancelled")
+    reason: str | None
+    config: dict[str, Any] = Field(description="the base config, as sent")
+    parameters: dict[str, Any] = Field(description='each {"values": [...]} or {"min", "max", "log", "type"}')
+    method: str
+    metric: str
+    goal: str
+    max_runs: int
+    max_concurrent: int
+    early_stop: dict[str, Any] | None
+    seed: int
+    runs_by_status: dict[str, int] = Field(description="its runs so far, by status")
+    left: int = Field(description="runs still to start (0 once the sweep has ended)")
+    best: SweepBest | None = Field(description="the run with the lowest val loss so far")
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SweepDetail(SweepPublic):
+    runs: list[SweepRun] = Field(description="in the order they were started")
+
+
+class SweepList(BaseModel):
+    sweeps: list[SweepPublic] = Field(description="newest first")

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=30.0, ge=1)
     reaper_interval_s: float = Field(default=5.0, gt=0)
     max_restarts: int = Field(default=3, ge=0, le=1000)
+    # Sweeps (api/sweeper.py): the controller, in one API replica at a time (a lease of lease_ttl_s),
+    # looks at the live sweeps this often: new eval events to report, runs to start or stop.
+    sweep_interval_s: float = Field(default=2.0, gt=0)
 
     # Sampling (POST /runs/{id}/samples): limits per request, and the sampling worker
     sample_max_new_tokens: int = Field(default=2000, ge=1)

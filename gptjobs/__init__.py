@@ -10,7 +10,8 @@
     client.runs.download_checkpoint(run.id, "best", "out")    # out/ckpt.pt, for nanoGPT's sample.py
 
 Needs httpx and websockets only: no torch, no server code. The command line over it is
-`gptjobs submit|list|show|watch|log|cancel|sample` (api/client.py).
+`gptjobs submit|list|show|watch|log|cancel|sample` (api/client.py), and `gptjobs sweep ...`
+(api/cli_sweeps.py) over `client.sweeps`.
 """
 
 from gptjobs.client import DEFAULT_SERVER, Client
@@ -31,7 +32,9 @@ from gptjobs.errors import (
 from gptjobs.runs import Runs
 from gptjobs.sampling import SampleStream
 from gptjobs.stream import EventStream
+from gptjobs.sweeps import Sweeps
 from gptjobs.types import (
+    SWEEP_TERMINAL,
     TERMINAL,
     Checkpoint,
     Dataset,
@@ -43,10 +46,14 @@ from gptjobs.types import (
     RunPage,
     RunWarning,
     SampleResult,
+    Sweep,
+    SweepBest,
+    SweepRun,
 )
 
 __all__ = [
     "DEFAULT_SERVER",
+    "SWEEP_TERMINAL",
     "TERMINAL",
     "APIError",
     "Checkpoint",
@@ -70,6 +77,10 @@ __all__ = [
     "SampleResult",
     "SampleStream",
     "ServerError",
+    "Sweep",
+    "SweepBest",
+    "SweepRun",
+    "Sweeps",
     "Timeout",
     "Unauthorized",
     "Unreachable",

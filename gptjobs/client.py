@@ -4,6 +4,7 @@
                      checkpoints (gptjobs/runs.py)
     client.datasets  /datasets and /uploads: upload (resumable), create, get, list, wait,
                      delete (gptjobs/datasets.py)
+    client.sweeps    /sweeps: create, get, list, cancel, runs, wait (gptjobs/sweeps.py)
 
 Knows where the server and the key come from; the requests themselves are the resources'.
 """
@@ -15,6 +16,7 @@ from types import TracebackType
 
 from gptjobs.datasets import Datasets
 from gptjobs.runs import Runs
+from gptjobs.sweeps import Sweeps
 from gptjobs.transport import Transport
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -35,6 +37,7 @@ class Client:
         self._transport = Transport(server, key, timeout)
         self.runs = Runs(self._transport)
         self.datasets = Datasets(self._transport)
+        self.sweeps = Sweeps(self._transport)
 
     @property
     def server(self) -> str:

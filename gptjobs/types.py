@@ -16,7 +16,9 @@ from typing import Any
 Event = dict[str, Any]
 
 # A run's last statuses: its final `status` event carries one of these, and nothing follows it.
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# `pruned`: its sweep's early stopping ended it (after a checkpoint).
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "pruned"})
+SWEEP_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -88,13 +90,15 @@ class Diagnostics:
 @dataclass(frozen=True)
 class Run:
     id: str
-    status: str  # queued, running, recovering, succeeded, failed, cancelled
+    status: str  # queued, running, recovering, succeeded, failed, cancelled, pruned
     name: str | None = None
     reason: str | None = None  # why it is in its status, as a sentence
     config: dict[str, Any] = field(default_factory=dict)  # every key filled in by the server
     attempt: int = 0  # times a worker has started it (resumes included)
     restarts: int = 0  # times it was resumed after losing its worker
     max_restarts: int | None = None  # None: the server's default
+    sweep: str | None = None  # the sweep that started it
+    params: dict[str, Any] | None = None  # a sweep's run: the values it tries
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -245,3 +249,64 @@ class Upload:
     def from_json(cls, data: dict[str, Any]) -> Upload:
         parts = [UploadPart(**_known(UploadPart, p)) for p in data.get("parts") or []]
         return cls(**{**_known(cls, data), "parts": parts}, raw=data)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep, as GET /sweeps/{id} lists it."""
+
+    id: str
+    trial: int  # its number in the sweep, from 0, in the order the runs started
+    status: str
+    name: str | None = None
+    reason: str | None = None  # a pruned run's: the rung, its val loss and the cut
+    params: dict[str, Any] = field(default_factory=dict)
+    best_val_loss: float | None = None
+    iter: int | None = None
+    max_iters: int | None = None
+
+
+@dataclass(frozen=True)
+class SweepBest:
+    run: str  # the run's id
+    params: dict[str, Any]
+    val_loss: float
+    status: str
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A search over runs: `running` until every run its budget allows has ended
+    (`succeeded`, or `failed` when none did), or `cancelled`."""
+
+    id: str
+    status: str
+    name: str | None = None
+    reason: str | None = None
+    method: str = "random"  # grid, random, tpe
+    parameters: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the base, as sent
+    max_runs: int = 0
+    max_concurrent: int = 0
+    early_stop: dict[str, Any] | None = None
+    seed: int | None = None
+    runs_by_status: dict[str, int] = field(default_factory=dict)
+    left: int = 0  # runs still to start
+    best: SweepBest | None = None  # the lowest val loss so far
+    runs: list[SweepRun] = field(default_factory=list)  # GET /sweeps/{id} only
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in SWEEP_TERMINAL
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sweep:
+        values = _known(cls, data)
+        values.update({k: _time(data.get(k)) for k in ("created_at", "finished_at")})
+        best = data.get("best")
+        values["best"] = SweepBest(**_known(SweepBest, best)) if isinstance(best, dict) else None
+        values["runs"] = [SweepRun(**_known(SweepRun, r)) for r in data.get("runs") or []]
+        return cls(**values, raw=data)

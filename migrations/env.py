@@ -1,4 +1,5 @@
-"""Alembic environment: the schema is SQLModel.metadata from api.db.
+"""Alembic environment: the schema is SQLModel.metadata from api.db, and the tables of
+Optuna's storage that sweeps keep their studies in (api/study.py says why they are ours).
 
 The URL comes from the Alembic config when a caller set one (api.migrate, tests), else
 from Settings, so `alembic upgrade head` and `gptjobs migrate` agree.
@@ -11,10 +12,11 @@ from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
 import api.db  # noqa: F401  (registers the tables on SQLModel.metadata)
+from api import study
 from api.settings import get_settings
 
 config = context.config
-target_metadata = SQLModel.metadata
+target_metadata = [SQLModel.metadata, study.metadata()]
 url = config.get_main_option("sqlalchemy.url") or get_settings().db_url
 
 

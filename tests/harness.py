@@ -65,7 +65,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 Event = dict[str, Any]
-FINAL = frozenset({"succeeded", "failed", "cancelled"})
+FINAL = frozenset({"succeeded", "failed", "cancelled", "pruned"})
 T = TypeVar("T")
 
 

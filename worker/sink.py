@@ -27,7 +27,7 @@ from sqlalchemy import func, select, update
 
 from api.db import CURRENT, Database, E, Event, R, Run, dumps, event_row, insert_events, tail_seq
 from api.lifecycle import RUNNING, RUNS, is_final, seq_floor
-from api.redis_keys import cancel_key, lease_key, stream_key
+from api.redis_keys import cancel_key, lease_key, prune_key, stream_key
 from api.settings import Settings
 from worker.lease import XADD_SCRIPT, Lease, LeaseLost
 
@@ -53,6 +53,7 @@ class EventSink:
         self.pending: list[dict[str, Any]] = []
         self.pending_since = 0.0
         self.cancelled = False
+        self.pruned: str | None = None  # the reason, once its sweep's early stopping asked it to stop
         self.next_cancel_check = 0.0
         self.redis_down_logged = 0.0
 
@@ -170,7 +171,10 @@ class EventSink:
             return self.cancelled
         self.next_cancel_check = now + self.settings.cancel_check_s  # ~50 ms steps: don't ask Redis each one
         try:
-            self.cancelled = bool(self.r.exists(cancel_key(self.run_id)))
+            cancel, prune = self.r.mget([cancel_key(self.run_id), prune_key(self.run_id)])
+            if prune is not None:
+                self.pruned = prune.decode(errors="replace") if isinstance(prune, bytes) else str(prune)
+            self.cancelled = cancel is not None or prune is not None
         except redis.RedisError as e:
             self._redis_down(e)
         return self.cancelled

@@ -12,7 +12,7 @@ from celery import signals
 
 from api import datasets, lifecycle
 from api.db import Database, Dataset, Run
-from api.lifecycle import CANCELLED, FAILED, QUEUED, is_final
+from api.lifecycle import CANCELLED, FAILED, PRUNED, QUEUED, is_final
 from api.queue import TRAIN_TASK
 from api.settings import get_settings, usable_cores
 from gpt.checkpoint import LATEST, PARENT
@@ -82,7 +82,10 @@ def train(run_id: str) -> None:
             out=out,
         )
         for ev in events:
-            if is_final(ev) and ev["status"] == CANCELLED and not sink.cancelled:
+            if is_final(ev) and ev["status"] == CANCELLED and sink.pruned is not None:
+                # Stopped by its sweep's early stopping: the reason is the controller's.
+                ev = {**ev, "status": PRUNED, "reason": f"{sink.pruned}; checkpoint saved at iter {ev.get('iter')}"}
+            elif is_final(ev) and ev["status"] == CANCELLED and not sink.cancelled:
                 # Stopped by the shutdown, not by the user: back to the queue.
                 requeue = True
                 ev = {**ev, "status": QUEUED, "reason": _requeue_reason(ev)}

@@ -4,12 +4,14 @@
 //   #/compare?ids=  val loss of several runs on one chart
 //   #/new[?from=id] the new-run form
 //   #/datasets      your datasets, their preparing, an upload form
+//   #/sweeps        your sweeps; #/sweeps/<id> one, live: scatters, curves, its runs
 
 import { apiKey, askKey, forgetKey, getJSON } from "./api.js";
 import { logToggle, makeChart, paletteColor, uPlot } from "./charts.js";
 import { datasetsView } from "./datasets.js";
 import { newRunView } from "./form.js";
 import { runView } from "./run.js";
+import { sweepView, sweepsView } from "./sweeps.js";
 import { ACTIVE, age, h, num, pct, progressBar, statusBadge } from "./ui.js";
 
 const LIST_POLL_MS = 3000;
@@ -59,7 +61,13 @@ function runsView(root) {
       "tr",
       { id: `run-${run.id}`, dataset: { status: run.status } },
       h("td", {}, box),
-      h("td", {}, link, h("div", { class: "muted mono small" }, run.id)),
+      h(
+        "td",
+        {},
+        link,
+        h("div", { class: "muted mono small" }, run.id),
+        run.sweep ? h("a", { class: "small", href: `#/sweeps/${encodeURIComponent(run.sweep)}` }, "its sweep") : null,
+      ),
       h("td", {}, statusBadge(run.status)),
       h("td", {}, progressBar(p)),
       h("td", { class: "num" }, num(p?.loss)),
@@ -288,6 +296,8 @@ const ROUTES = [
     "compare",
   ],
   [/^#\/datasets$/, (root) => datasetsView(root), "datasets"],
+  [/^#\/sweeps$/, (root) => sweepsView(root), "sweeps"],
+  [/^#\/sweeps\/([^/?]+)$/, (root, m) => sweepView(root, decodeURIComponent(m[1])), "sweeps"],
   [/^(?:#\/?)?$/, (root) => runsView(root), "runs"],
 ];
 

@@ -17,7 +17,7 @@ export function h(tag, attrs = {}, ...children) {
 }
 
 export const ACTIVE = new Set(["queued", "running", "recovering"]);
-export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 
 export const num = (x, digits = 4) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "–");
 export const pct = (x) => (typeof x === "number" ? `${(x * 100).toFixed(2)}%` : "n/a");

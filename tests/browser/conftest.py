@@ -53,7 +53,8 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole service, closed by an API key (site.key, which site.http sends)."""
-    with Stack(tmp_path_factory.mktemp("dashboard"), env={"GPTJOBS_IDLE_CHECK_S": "1"}) as s:
+    env = {"GPTJOBS_IDLE_CHECK_S": "1", "GPTJOBS_SWEEP_INTERVAL_S": "0.3"}  # a sweep's runs pruned in time
+    with Stack(tmp_path_factory.mktemp("dashboard"), env=env) as s:
         yield s.up(train=1, sample=1, prepare=1, key="browser")
 
 

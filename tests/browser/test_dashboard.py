@@ -421,6 +421,47 @@ def test_a_dataset_uploaded_from_the_page_is_prepared_and_offered_to_a_new_run(
     assert page.problems == []
 
 
+def test_the_sweep_view_plots_each_parameter_and_every_runs_curve_with_the_pruned_marked(
+    page: Any, site: Stack, artifacts: Path
+) -> None:
+    # Seed 2 shuffles this grid to 1e-2, 3e-3, 1e-6 (Optuna's grid order), one run at a time: the
+    # first sets the rung, the later two are behind it there and are pruned.
+    base = TINY | {"warmup_iters": 0, "max_iters": 300, "lr_decay_iters": 300, "eval_interval": 20, "min_lr": 1e-7}
+    body = {
+        "name": "lr from the page",
+        "config": base,
+        "parameters": {"learning_rate": {"values": [1e-6, 3e-3, 1e-2]}},
+        "method": "grid",
+        "max_concurrent": 1,
+        "early_stop": {"type": "asha", "min_iter": 40, "reduction_factor": 2},
+        "seed": 2,
+    }
+    resp = site.http.post("/sweeps", json=body)
+    assert resp.status_code == 201, resp.text
+    sweep_id = resp.json()["id"]
+
+    page.goto(site.url + "/")
+    page.click("a[data-nav=sweeps]")
+    page.wait_for_selector(f"#sweep-{sweep_id}")
+    page.click(f"#sweep-{sweep_id} a")
+    page.wait_for_selector("#view[data-status=succeeded]", timeout=120_000)
+    sweep = site.http.get(f"/sweeps/{sweep_id}").json()
+    pruned = [r for r in sweep["runs"] if r["status"] == "pruned"]
+    assert pruned, sweep["runs"]
+    page.wait_for_selector(f"#view[data-curves='3'][data-pruned='{len(pruned)}']")
+    assert view(page, "scatters") == "1" and view(page, "points") == "3"
+    assert page.query_selector_all("#sweep-scatters canvas") and page.query_selector("#sweep-curves canvas")
+    assert "(pruned)" in page.inner_text("#sweep-curves")  # the legend marks them
+    for r in pruned:
+        assert "pruned at iter" in page.inner_text(f"#sweep-run-{r['id']}")
+    assert page.get_attribute("#best-run", "href") == f"#/runs/{sweep['best']['run']}"
+    page.screenshot(path=str(artifacts / "dashboard-sweep.png"), full_page=True)
+    page.click("#best-run")
+    page.wait_for_url(RUN_URL)
+    page.wait_for_selector("#view[data-status=succeeded]")
+    assert not page.problems, "\n".join(page.problems)
+
+
 def test_a_run_started_from_another_shows_its_lineage(page: Any, site: Stack, finished: str) -> None:
     child = site.submit({"init_from": f"run:{finished}@best", "max_iters": 10, "lr_decay_iters": 10, "warmup_iters": 0})
     assert child["parent"]["run_id"] == finished, child

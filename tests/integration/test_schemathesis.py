@@ -35,9 +35,12 @@ def real_run(stack: Stack) -> str:
 
 @pytest.fixture(scope="module")
 def cancel_what_it_queues(stack: Stack) -> Iterator[None]:
-    """Valid bodies the fuzzer sends to POST /runs queue real, recipe-sized runs: cancel them
-    afterwards, so the one training worker is free for the tests that follow."""
+    """Valid bodies the fuzzer sends to POST /runs (or /sweeps) queue real, recipe-sized runs:
+    cancel them afterwards, so the one training worker is free for the tests that follow."""
     yield
+    for sweep in stack.http.get("/sweeps", params={"limit": 200}).json()["sweeps"]:
+        if sweep["status"] == "running":  # so that it starts no more runs
+            stack.http.post(f"/sweeps/{sweep['id']}/cancel")
     deadline = time.monotonic() + 120
     while True:
         runs = stack.http.get("/runs", params={"limit": 200}).json()["runs"]

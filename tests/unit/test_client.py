@@ -423,3 +423,65 @@ def test_a_streamed_sample() -> None:
             list(broken)
         with pytest.raises(gptjobs.Conflict, match="has no checkpoint yet"):
             c.runs.sample_stream("early")  # refused before any text: raised by the call itself
+
+
+def test_a_sweep_file_is_json_or_yaml_and_a_bad_one_says_why(tmp_path: Path) -> None:
+    from api.cli_sweeps import load_spec
+
+    spec = {"config": {"n_layer": 2}, "parameters": {"learning_rate": {"min": 1e-4, "max": 1e-2, "log": True}}}
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    (tmp_path / "s.yaml").write_text(
+        "config: {n_layer: 2}\nparameters:\n  learning_rate: {min: 1.0e-4, max: 1.0e-2, log: true}\n"
+    )
+    assert load_spec(str(tmp_path / "s.json")) == load_spec(str(tmp_path / "s.yaml")) == spec
+    (tmp_path / "bad.yaml").write_text("config: [unclosed\n")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name, why in [
+        ("bad.yaml", "not valid YAML"),
+        ("list.json", "expected a mapping"),
+        ("none.json", "cannot read"),
+    ]:
+        with pytest.raises(ClientError, match=why) as e:
+            load_spec(str(tmp_path / name))
+        assert e.value.code == 2
+
+
+def test_the_sweep_table_stars_the_best_run_and_counts_iterations_done() -> None:
+    from api.cli_sweeps import table
+
+    run = {"trial": 0, "name": None, "reason": None, "max_iters": 300}
+    sweep = gptjobs.Sweep.from_json(
+        {
+            "id": "w1",
+            "status": "running",
+            "method": "grid",
+            "parameters": {"learning_rate": {"values": [1e-3, 1e-2]}},
+            "max_runs": 2,
+            "left": 0,
+            "best": {"run": "a", "params": {"learning_rate": 1e-3}, "val_loss": 2.5, "status": "succeeded"},
+            "runs": [
+                run
+                | {
+                    "id": "a",
+                    "status": "succeeded",
+                    "params": {"learning_rate": 1e-3},
+                    "best_val_loss": 2.5,
+                    "iter": 299,
+                },
+                run
+                | {
+                    "id": "b",
+                    "trial": 1,
+                    "status": "running",
+                    "params": {"learning_rate": 1e-2},
+                    "best_val_loss": 3.0,
+                    "iter": 99,
+                },
+            ],
+        }
+    )
+    lines = table(sweep)
+    assert lines[0] == "sweep w1: running  grid, 2/2 runs started, 0 left  best val loss 2.5000 (run a)"
+    assert lines[1].split() == ["#", "RUN", "STATUS", "LEARNING_RATE", "ITER", "BEST", "VAL"]
+    assert lines[2].split() == ["0", "a", "succeeded", "0.001", "300/300", "2.5000", "*"]
+    assert lines[3].split() == ["1", "b", "running", "0.01", "100/300", "3.0000"]
