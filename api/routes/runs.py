@@ -27,7 +27,7 @@ from api.diagnostics import diagnose
 from api.lifecycle import ACTIVE, CANCELLED, FAILED, QUEUED, RUN_STATES, RUNS, TERMINAL, WAITING
 from api.limits import invalid
 from api.progress import glances, progress
-from api.queue import TRAIN_QUEUE, TRAIN_TASK
+from api.queue import TRAIN_TASK, train_queue
 from api.redis_keys import cancel_key, stream_key
 from api.relay import publish
 from api.routes.config import check_config
@@ -97,7 +97,7 @@ def create_run(
             return earlier
         raise
     try:
-        celery.send_task(TRAIN_TASK, args=[run_id], queue=TRAIN_QUEUE)
+        celery.send_task(TRAIN_TASK, args=[run_id], queue=train_queue(config))  # to a worker with its devices
     except Exception as e:
         reason = f"could not queue the run: {e}"
         with db.transaction() as s:
