@@ -1,4 +1,4 @@
-"""The service from a terminal: `gptjobs submit|list|show|watch|log|cancel|sample`.
+"""The service from a terminal: `gptjobs submit|list|show|watch|log|cancel|sample|import|export`.
 
 A front end over the Python client (the `gptjobs` package): this module reads the command
 line and draws the terminal (the watch bar, nanoGPT's log lines); the requests, the error
@@ -402,6 +402,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
 # --- the command line -------------------------------------------------------------------------
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    run = _client(args).runs.import_weights(args.file, vocab=args.vocab, name=args.name)
+    print(run.id, flush=True)
+    print(f"gptjobs: {run.reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.format == "nanogpt":
+        Path(args.output).mkdir(parents=True, exist_ok=True)  # DIR/ckpt.pt, as nanoGPT's out_dir
+        path = client.runs.download_checkpoint(args.run, args.checkpoint, args.output)
+        print(f"{path}  (nanoGPT's sample.py --out_dir={path.parent} loads it)")
+    else:
+        path = client.runs.export(args.run, args.output, args.checkpoint)
+        print(f"{path}  (transformers' GPT2LMHeadModel.from_pretrained({str(path)!r}) loads it)")
+    return 0
+
+
 def _client(args: argparse.Namespace) -> gptjobs.Client:
     return gptjobs.Client(args.server, args.key)
 
@@ -506,5 +525,16 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--num-samples", type=int)
     p.add_argument("--checkpoint", type=_checkpoint, default="latest", help="latest, best, or an iter")
+
+    p = command("import", cmd_import, "weights trained elsewhere as a finished run of yours; prints its id")
+    p.add_argument("file", metavar="FILE", help="a nanoGPT ckpt.pt, or a Hugging Face GPT-2 directory (or its .tar)")
+    p.add_argument("--vocab", help="a character-level model's meta.pkl (nanoGPT's) or meta.json")
+    p.add_argument("--name", help="a label for the run")
+
+    p = command("export", cmd_export, "a run's checkpoint as a Hugging Face directory (or nanoGPT's ckpt.pt)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--checkpoint", type=_checkpoint, default="best", help="best (default), latest, or an iter")
+    p.add_argument("--format", choices=["hf", "nanogpt"], default="hf", help="hf (default) or nanogpt")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="where it goes (made if missing)")
 
     add_dataset_commands(sub, common)

@@ -125,10 +125,15 @@ def visible(run: Run | None, owner: str | None) -> bool:
     return run is not None and (owner is None or run.owner == owner)
 
 
-def load_run(db: Database, run_id: str, owner: str | None) -> Run:
-    """The run, or the 404 an unknown id gets. Blocking: call it in a thread from async code."""
+def load_run_or_none(db: Database, run_id: str, owner: str | None) -> Run | None:
     with db.session() as s:
         run = s.get(Run, run_id)
-    if run is None or not visible(run, owner):
+    return run if visible(run, owner) else None
+
+
+def load_run(db: Database, run_id: str, owner: str | None) -> Run:
+    """The run, or the 404 an unknown id gets. Blocking: call it in a thread from async code."""
+    run = load_run_or_none(db, run_id, owner)
+    if run is None:
         raise HTTPException(404, f"run {run_id!r} not found")
     return run

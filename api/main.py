@@ -27,7 +27,19 @@ from api.queue import make_celery
 from api.reaper import Reaper
 from api.redis_keys import sample_quota_key
 from api.relay import Relay
-from api.routes import checkpoints, config, dashboard, datasets, events, health, metrics, runs, samples, uploads
+from api.routes import (
+    checkpoints,
+    config,
+    dashboard,
+    datasets,
+    events,
+    health,
+    metrics,
+    runs,
+    samples,
+    uploads,
+    weights,
+)
 from api.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +77,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         version="0.1.0",
         lifespan=lifespan,
     )
-    for module in (runs, events, samples, checkpoints, datasets, uploads, config, health, metrics, dashboard):
+    for module in (weights, runs, events, samples, checkpoints, datasets, uploads, config, health, metrics, dashboard):
         app.include_router(module.router)
     app.mount(dashboard.STATIC_PATH, dashboard.static_files(), name="static")
     # Bad input is a 4xx naming the field: bodies over GPTJOBS_MAX_BODY_BYTES, and inputs like 1e400.
@@ -81,7 +93,7 @@ def body_limit(s: Settings, scope: Scope) -> tuple[int, str]:
     method, path = scope.get("method"), scope.get("path", "")
     if method == "PUT" and PART_PATH.fullmatch(path):
         return s.upload_part_bytes, "GPTJOBS_UPLOAD_PART_BYTES"
-    if method == "POST" and path == "/datasets":
+    if method == "POST" and path in ("/datasets", "/runs/import"):
         return s.max_upload_bytes + MULTIPART_OVERHEAD, "GPTJOBS_MAX_UPLOAD_BYTES"
     return s.max_body_bytes, "GPTJOBS_MAX_BODY_BYTES"
 

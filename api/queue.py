@@ -19,6 +19,9 @@ TRAIN_TASK = "worker.train"
 SAMPLE_TASK = "worker.sample.generate"
 PREPARE_TASK = "worker.prepare"  # args: dataset id, the attempt it was sent for
 JOIN_TASK = "worker.train_join"  # args: run id, attempt: another machine's share of a run on several
+# Weights in and out, answered like a sampling request (api/rpc.py), by the sampling workers.
+IMPORT_TASK = "worker.weights.import"  # args: request id, run id, upload path, file name, vocab path
+EXPORT_TASK = "worker.weights.export"  # args: request id, checkpoint path, output path
 
 # A sampling request's answer travels back on its own Redis list (redis_keys.sample_reply_key): the worker
 # RPUSHes, the API BLPOPs (well below redis-py's 5 s socket timeout). Each element is a JSON
@@ -27,7 +30,8 @@ JOIN_TASK = "worker.train_join"  # args: run id, attempt: another machine's shar
 #   {"t": "start", "checkpoint_iter": int}           the checkpoint is loaded
 #   {"t": "text", "p": [str, ...]}                   new text, one piece per sample
 #   {"t": "end", "new_tokens": int, "tokens_per_s": float}
-# or, at any point, {"t": "error", "status": int, "detail": str, "loc": [...] | null, "input": ...}.
+# The weights' tasks answer {"t": "accepted"}, then {"t": "done", ...what was made}.
+# Either, at any point: {"t": "error", "status": int, "detail": str, "loc": [...] | null, "input": ...}.
 # The API sets redis_keys.sample_stop_key when it stops listening; the worker then stops generating.
 SAMPLE_REPLY_TTL_S = 600  # refreshed by each push: an answer nobody reads does not linger
 
@@ -39,6 +43,7 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={
             TRAIN_TASK: {"queue": TRAIN_QUEUE},
             "worker.sample.*": {"queue": SAMPLE_QUEUE},
+            "worker.weights.*": {"queue": SAMPLE_QUEUE},
             PREPARE_TASK: {"queue": PREPARE_QUEUE},
         },
         task_ignore_result=True,  # results live in the database; there is no result backend

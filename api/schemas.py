@@ -32,12 +32,28 @@ class RunCreate(BaseModel):
     @field_validator("name")
     @classmethod
     def _no_control_chars(cls, name: str | None) -> str | None:
-        # A label for lists, logs and terminals, where a control character could forge a log
-        # line or rewrite the screen. Never used as a path, so "../" is just text.
-        for i, c in enumerate(name or ""):
-            if unicodedata.category(c) == "Cc":
-                raise ValueError(f"must not contain control characters ({c!r} at position {i})")
+        if why := control_chars(name):
+            raise ValueError(why)
         return name
+
+
+def control_chars(label: str | None) -> str | None:
+    """What is wrong with a label (a run's name): a control character. Labels are shown in
+    lists, logs and terminals, where one could forge a log line or rewrite the screen; they
+    are never used as paths, so "../" is just text."""
+    for i, c in enumerate(label or ""):
+        if unicodedata.category(c) == "Cc":
+            return f"must not contain control characters ({c!r} at position {i})"
+    return None
+
+
+def check_label(label: str | None, loc: tuple[str, ...]) -> str | None:
+    """The label, or a 422 at loc (for form fields, which no pydantic model checks)."""
+    from api.limits import invalid
+
+    if why := control_chars(label):
+        raise invalid(loc, why, label)
+    return label
 
 
 def iso(t: float | None) -> datetime | None:
@@ -47,6 +63,11 @@ def iso(t: float | None) -> datetime | None:
 class TrainedOn(BaseModel):
     id: str = Field(description="the dataset's id (config.dataset holds it too)")
     sha256: str = Field(description="of the bytes it was prepared from")
+
+
+class StartedFrom(BaseModel):
+    run_id: str = Field(description="the run whose checkpoint this one started from (init_from run:<id>)")
+    iter: int = Field(description="that checkpoint's iteration")
 
 
 class RunPublic(BaseModel):
@@ -59,6 +80,7 @@ class RunPublic(BaseModel):
     restarts: int = Field(description="times the run was resumed after losing its worker")
     max_restarts: int | None
     dataset: TrainedOn | None = Field(description="the dataset of yours it trains on; null for a built-in one")
+    parent: StartedFrom | None = Field(description="where its weights came from, when another run's checkpoint")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -75,6 +97,7 @@ class RunPublic(BaseModel):
             restarts=run.restarts,
             max_restarts=run.max_restarts,
             dataset=TrainedOn(id=run.dataset_id, sha256=run.dataset_sha256 or "") if run.dataset_id else None,
+            parent=StartedFrom(run_id=run.parent_run_id, iter=run.parent_iter or 0) if run.parent_run_id else None,
             created_at=iso(run.created_at),  # type: ignore[arg-type]
             started_at=iso(run.started_at),
             finished_at=iso(run.finished_at),

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     sample_device: str | None = None  # None: cuda if available, else cpu
     sample_pickup_timeout_s: float = Field(default=10.0, gt=0)  # no sampling worker took the request: 503
     sample_answer_timeout_s: float = Field(default=60.0, gt=0)  # a worker took it, then went quiet: 504
+    weights_timeout_s: float = Field(default=600.0, gt=0)  # an import or a Hugging Face export may take this long
 
     # API
     ws_queue_size: int = Field(default=2000, ge=10)  # per-subscriber buffer before it resyncs from history

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
 LATEST = "ckpt.pt"  # the name nanoGPT's sample.py and init_from='resume' look for
+PARENT = "parent.pt"  # a run's starting weights from another run's checkpoint (the same file, linked)
 BEST = "best.pt"
 _BY_ITER = re.compile(r"ckpt-(\d+)\.pt")
 
@@ -118,9 +119,43 @@ def resolve(out_dir: Path, which: str | int) -> Path:
 
 
 def load(path: Path | IO[bytes], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint, ours or nanoGPT's, as plain tensors and values (weights_only: nothing in
+    it is unpickled but those), its model keys without torch.compile's prefix (nanoGPT
+    saves a compiled model's state as it is)."""
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=True)
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+        saved["model"] = {k.removeprefix("_orig_mod."): v for k, v in saved["model"].items()}
+    return saved
+
+
+# Keys beside nanoGPT's that a checkpoint of ours may hold: its tokenizer (so sampling needs no
+# dataset), the val loss it was saved at, the GELU its weights were trained with (nanoGPT's
+# GPTConfig takes no such argument, so it is not a model_arg), and exact-resume state.
+GELU = "gelu"
+MODEL = "model.json"  # beside the checkpoints: what the weights are, readable without torch
+
+
+def write_model_json(out_dir: Path, model_args: dict[str, Any], tokenizer: dict[str, Any], gelu: str) -> None:
+    """The architecture, tokenizer and GELU of a run's weights, for whoever must know them
+    without loading a checkpoint (the API checks a child run's config against them)."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    body = {"model_args": {k: v for k, v in model_args.items() if k != "dropout"}, "tokenizer": tokenizer, "gelu": gelu}
+    tmp = out_dir / f".{MODEL}.tmp"
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, out_dir / MODEL)
+
+
+def read_model_json(out_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((out_dir / MODEL).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -11,10 +11,12 @@ train.py defaults  <-  the dataset's recipe (built-in datasets only)  <-  the us
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -23,7 +25,18 @@ BACKENDS = ("nccl", "gloo")  # torch.distributed's: NVIDIA's collectives on CUDA
 MAX_NPROC_PER_NODE = 64  # beyond any machine's device count
 MAX_NNODES = 1024
 TOKENIZERS = ("char", "gpt2")
-INIT_FROM = ("scratch", "resume")
+# Where a run's weights come from: random, its own out_dir's checkpoint, or a pretrained
+# GPT-2 (Hugging Face's weights, nanoGPT's names for them: n_layer, n_head, n_embd). The API
+# also takes run:<id>[@best|latest|<iter>] (another run's checkpoint), the command line a
+# checkpoint file's path.
+PRETRAINED: dict[str, tuple[int, int, int]] = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+}
+INIT_FROM = ("scratch", "resume", *PRETRAINED)
+ARCH = ("n_layer", "n_head", "n_embd", "block_size", "bias")  # what weights fix, whatever a config says
 # TrainConfig's sections, as in nanoGPT's train.py, and ours.
 GROUPS = ("I/O", "data", "model", "AdamW", "learning rate schedule", "system", "ours")
 
@@ -50,12 +63,25 @@ _SHAKESPEARE_RECIPE: dict[str, Any] = {
     "beta2": 0.99,  # bigger because there are few tokens per iteration
     "warmup_iters": 100,
 }
+# nanoGPT's config/finetune_shakespeare.py: a pretrained GPT-2 fine-tuned on Shakespeare.
+_FINETUNE_SHAKESPEARE: dict[str, Any] = {
+    "out_dir": "out-shakespeare",
+    "eval_interval": 5,
+    "eval_iters": 40,
+    "always_save_checkpoint": False,  # only when val improves: fine-tuning overfits within tens of steps
+    "batch_size": 1,
+    "gradient_accumulation_steps": 32,
+    "max_iters": 20,
+    "learning_rate": 3e-5,  # small, and constant: nudge the pretrained weights, do not retrain them
+    "decay_lr": False,
+}
 BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
     "shakespeare_char": {"source": "tinyshakespeare", "tokenizer": "char", "recipe": _SHAKESPEARE_RECIPE},
     "shakespeare": {
         "source": "tinyshakespeare",
         "tokenizer": "gpt2",
         "recipe": {**_SHAKESPEARE_RECIPE, "out_dir": "out-shakespeare", "learning_rate": 6e-4, "min_lr": 6e-5},
+        "finetune": _FINETUNE_SHAKESPEARE,  # instead of the recipe, when init_from is a pretrained GPT-2
     },
 }
 
@@ -97,7 +123,11 @@ class TrainConfig:
     eval_iters: int = _io(200, "batches of each split averaged per evaluation")
     eval_only: bool = _io(False, "evaluate once, then stop")
     always_save_checkpoint: bool = _io(True, "else only when val loss improves")
-    init_from: str = _io("scratch", "'scratch' or 'resume' (from out_dir/ckpt.pt)")
+    init_from: str = _io(
+        "scratch",
+        "'scratch', 'resume' (from out_dir/ckpt.pt), a pretrained 'gpt2', 'gpt2-medium', 'gpt2-large' or "
+        "'gpt2-xl', or through the API another run of yours: 'run:<id>' (its latest), 'run:<id>@best', '@<iter>'",
+    )
 
     dataset: str = _data(
         "shakespeare_char",
@@ -195,6 +225,8 @@ def _coerce(name: str, value: Any) -> Any:
         value = value.strip()
         if optional and value.lower() in ("none", "null"):
             return None
+    elif isinstance(value, str) and optional and value.strip().lower() in ("none", "null"):
+        return None  # `--backend=None` on the command line, as to_dict() writes the default out
     if value is None:
         if optional:
             return None
@@ -271,6 +303,29 @@ class Corpus:
     vocab_size: int
     train_tokens: int
     val_tokens: int
+    chars: str | None = None  # a character vocabulary's, in id order
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a config needs to know of the weights a run starts from (init_from)."""
+
+    model_args: dict[str, Any]  # nanoGPT's: n_layer, n_head, n_embd, block_size, bias, vocab_size
+    tokenizer: dict[str, Any]  # {"kind": "gpt2"}, or {"kind": "char", "chars": ...}
+    what: str  # for messages: "gpt2", "run 3f0c... at iter 500"
+
+
+def pretrained_start(name: str) -> Start:
+    n_layer, n_head, n_embd = PRETRAINED[name]
+    args = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": 1024, "bias": True}
+    return Start({**args, "vocab_size": 50257}, {"kind": "gpt2"}, name)
+
+
+@functools.cache
+def builtin_chars(dataset: str) -> str:
+    """A built-in character-level dataset's vocabulary, as its preparation makes it."""
+    text = Path(__file__).parent / "assets" / f"{BUILTIN_DATASETS[dataset]['source']}.txt"  # as gpt.tokenizers.ASSETS
+    return "".join(sorted(set(text.read_text())))
 
 
 def make_config(
@@ -279,6 +334,7 @@ def make_config(
     max_params: int | None = None,
     allow_paths: bool = True,
     corpus: Callable[[str], Corpus] | None = None,
+    start: Callable[[str], Start] | None = None,
 ) -> TrainConfig:
     """Build a validated TrainConfig from user keys (JSON values or command-line strings).
 
@@ -286,7 +342,8 @@ def make_config(
     model's size set by whoever runs the service; `allow_paths` lets `dataset` name a
     local file or prepared directory (the command line does; a remote API should not);
     `corpus` looks up any other dataset name (the API: the caller's own datasets), raising
-    ValueError with the reason when it cannot be trained on.
+    ValueError with the reason when it cannot be trained on; `start` looks up a run:<id>
+    init_from likewise (the API: the caller's own runs).
     """
     overrides = dict(overrides or {})
     errors: dict[str, str] = {}
@@ -301,11 +358,16 @@ def make_config(
             except ValueError as e:
                 errors[key] = f"{e} (got {raw!r})"
 
+    init, begin = values.get("init_from", TrainConfig.init_from), None
+    if "init_from" not in errors:
+        begin = _start(init, allow_paths, start, errors)
     dataset = values.get("dataset", TrainConfig.dataset)
     found: Corpus | None = None
     if "dataset" not in errors:
         if dataset in BUILTIN_DATASETS:
-            values = {**BUILTIN_DATASETS[dataset]["recipe"], **values}
+            builtin = BUILTIN_DATASETS[dataset]
+            finetuning = init in PRETRAINED and "finetune" in builtin
+            values = {**builtin["finetune" if finetuning else "recipe"], **values}
         elif allow_paths and os.path.exists(dataset):
             pass
         elif corpus is not None:
@@ -322,8 +384,12 @@ def make_config(
         if values.get("tokenizer") not in (None, found.tokenizer):
             errors["tokenizer"] = f"the dataset is tokenized with {found.tokenizer}; leave tokenizer out"
         values["tokenizer"] = found.tokenizer
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k not in errors})
     vocab = found.vocab_size if found else None
+    if begin is not None and "dataset" not in errors:
+        vocab = begin.model_args["vocab_size"]
+        _take_architecture(begin, overrides, values, errors)
+        _same_tokenizer(begin, dataset, found, values, errors)
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k not in errors})
     errors.update({k: v for k, v in check(cfg, max_params=max_params, vocab_size=vocab).items() if k not in errors})
     if found is not None and "block_size" not in errors and "dataset" not in errors:
         for split, n in (("train", found.train_tokens), ("val", found.val_tokens)):
@@ -336,6 +402,60 @@ def make_config(
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def _start(init: str, allow_paths: bool, start: Callable[[str], Start] | None, errors: dict[str, str]) -> Start | None:
+    """The weights init_from names, when make_config can know them (else None)."""
+    if init in PRETRAINED:
+        return pretrained_start(init)
+    if init.startswith("run:") and start is not None:
+        try:
+            return start(init)
+        except ValueError as e:
+            errors["init_from"] = str(e)
+            return None
+    if init in INIT_FROM or (allow_paths and os.path.isfile(init)):
+        return None  # scratch, resume, or a checkpoint file the engine reads
+    choices = ", ".join(INIT_FROM) + (", run:<id>[@best|latest|<iter>]" if start is not None else "")
+    errors["init_from"] = f"must be one of {choices}" + (", or a checkpoint file's path" if allow_paths else "")
+    return None
+
+
+def _take_architecture(begin: Start, given: dict[str, Any], values: dict[str, Any], errors: dict[str, str]) -> None:
+    """The weights fix the architecture (nanoGPT takes it from them): a value the user gave
+    that differs is an error, not silently replaced; block_size may only shrink (cropped)."""
+    for k in ("n_layer", "n_head", "n_embd", "bias"):
+        fixed = begin.model_args[k]
+        if k in given and k not in errors and values.get(k) != fixed:
+            errors[k] = f"is {fixed} in the weights of {begin.what} (init_from); leave it out"
+        values[k] = fixed
+    limit = begin.model_args["block_size"]
+    if "block_size" in given and "block_size" not in errors and values["block_size"] > limit:
+        errors["block_size"] = f"at most {limit} with the weights of {begin.what}, which have {limit} positions"
+    values["block_size"] = min(values.get("block_size", limit), limit)
+
+
+def _same_tokenizer(
+    begin: Start, dataset: str, found: Corpus | None, values: dict[str, Any], errors: dict[str, str]
+) -> None:
+    """The dataset's tokens must mean what they meant to the weights."""
+    if found is not None:
+        kind, chars = found.tokenizer, found.chars
+    elif dataset in BUILTIN_DATASETS:
+        kind = BUILTIN_DATASETS[dataset]["tokenizer"]
+        chars = builtin_chars(dataset) if kind == "char" else None
+    else:
+        return  # a local file: the engine checks it when it has prepared the text
+    kind = values.get("tokenizer") or kind
+    theirs = begin.tokenizer.get("kind")
+    if kind != theirs:
+        errors["dataset"] = f"is tokenized with {kind}, but the weights of {begin.what} were trained with {theirs}"
+    elif kind == "char" and chars is not None and chars != begin.tokenizer.get("chars"):
+        errors["dataset"] = (
+            f"its character vocabulary ({len(chars)} characters) differs from the one the weights of "
+            f"{begin.what} were trained with ({len(begin.tokenizer.get('chars') or '')}): the same ids would "
+            "mean other characters"
+        )
 
 
 def check(cfg: TrainConfig, *, max_params: int | None = None, vocab_size: int | None = None) -> dict[str, str]:
@@ -357,7 +477,7 @@ def check(cfg: TrainConfig, *, max_params: int | None = None, vocab_size: int | 
         e["learning_rate"] = f"must be positive (got {cfg.learning_rate})"
     if cfg.min_lr < 0:
         e["min_lr"] = f"must be 0 or more (got {cfg.min_lr})"
-    elif cfg.min_lr > cfg.learning_rate and "learning_rate" not in e:
+    elif cfg.decay_lr and cfg.min_lr > cfg.learning_rate and "learning_rate" not in e:  # unused without decay
         e["min_lr"] = f"must not exceed learning_rate ({cfg.min_lr} > {cfg.learning_rate})"
     if cfg.weight_decay < 0:
         e["weight_decay"] = f"must be 0 or more (got {cfg.weight_decay})"
@@ -388,9 +508,6 @@ def check(cfg: TrainConfig, *, max_params: int | None = None, vocab_size: int | 
         )
     if cfg.dtype not in DTYPES:
         e["dtype"] = f"must be one of {', '.join(DTYPES)} (got {cfg.dtype!r})"
-    if cfg.init_from not in INIT_FROM:
-        hint = " (pretrained GPT-2 weights need a download; this service trains offline)"
-        e["init_from"] = f"must be one of {', '.join(INIT_FROM)}" + (hint if cfg.init_from.startswith("gpt2") else "")
     if cfg.tokenizer is not None and cfg.tokenizer not in TOKENIZERS:
         e["tokenizer"] = f"must be one of {', '.join(TOKENIZERS)} (got {cfg.tokenizer!r})"
     if cfg.peak_flops is not None and cfg.peak_flops <= 0:

@@ -24,6 +24,9 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2
+    # nanoGPT's exact GELU; "tanh" for weights trained with GPT-2's approximation (Hugging
+    # Face's gelu_new). Not a nanoGPT model_arg: checkpoints keep it beside them (gpt/checkpoint.py).
+    gelu: str = "exact"
 
 
 class KVCache:
@@ -74,7 +77,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh" if cfg.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -159,6 +162,13 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
             return logits, loss
         return self.lm_head(x[:, [-1], :]), None  # inference: only the last position's logits
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Fewer positions than the weights were trained with (a pretrained GPT-2's 1024, for
+        a shorter context): the first block_size position embeddings stay."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def configure_optimizer(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str

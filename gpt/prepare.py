@@ -524,7 +524,7 @@ def _from_nanogpt(src: Path, out_dir: Path, tokenizer: str | None, max_bytes: in
     try:
         with f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
-                name = _member_name(member)
+                name = member_name(member)
                 if name not in ("train.bin", "val.bin", "meta.pkl"):
                     continue  # prepare.py, input.txt, readme.md: nothing we need
                 if name in found or (name == "meta.pkl" and meta is not None):
@@ -566,7 +566,7 @@ def _from_nanogpt(src: Path, out_dir: Path, tokenizer: str | None, max_bytes: in
     return _finish(out_dir, "nanogpt", tok, 0)
 
 
-def _member_name(member: tarfile.TarInfo) -> str:
+def member_name(member: tarfile.TarInfo) -> str:
     """The member's file name if it is a regular file inside the archive's folder; a link,
     a device, or a path that leaves the folder refuses the archive."""
     path = PurePosixPath(member.name)

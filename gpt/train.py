@@ -34,15 +34,14 @@ from typing import Any
 import torch
 
 from gpt import checkpoint as ckpt
-from gpt import ddp, readings
-from gpt.config import GPT2_VOCAB_SIZE, TrainConfig
+from gpt import ddp, hf, readings
+from gpt.config import ARCH, GPT2_VOCAB_SIZE, PRETRAINED, TrainConfig
 from gpt.data import prepare
 from gpt.flops import flops_per_token, peak_flops
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizers import decode
 
 Event = dict[str, Any]
-ARCH = ("n_layer", "n_head", "n_embd", "block_size", "bias")  # a resumed run takes these from its checkpoint
 MFU_WARMUP = 5  # iterations left out of the smoothed MFU (allocator and kernel warm-up)
 LOW_MFU_AT = 100  # iteration, counted from this process's first, at which a low MFU is worth a warning
 
@@ -172,16 +171,28 @@ class _Run:
             ckpt.remove_partial(self.out_dir)  # a save killed midway; ckpt.pt is still the one before
         latest = self.out_dir / ckpt.LATEST
         saved = ckpt.load(latest, self.device) if cfg.init_from == "resume" and latest.exists() else None
+        start = None if saved is not None else _weights(cfg.init_from, self.data.tokenizer.meta())
 
-        # The model and its optimizer. A resumed run keeps its checkpoint's architecture, as
-        # in nanoGPT, whatever cfg says; only dropout may change.
+        # The model and its optimizer. Weights (a resumed run's, a pretrained or a parent's)
+        # fix the architecture, as in nanoGPT, whatever cfg says; dropout may change, and
+        # starting weights may be cut to a shorter block_size.
         if saved is not None:
-            self.model_args = dict(saved["model_args"], dropout=cfg.dropout)
+            self.model_args, self.gelu = dict(saved["model_args"], dropout=cfg.dropout), saved.get(ckpt.GELU, "exact")
+        elif start is not None:
+            self.model_args, self.gelu = dict(start.model_args, dropout=cfg.dropout), start.gelu
         else:
             vocab = GPT2_VOCAB_SIZE if self.data.tokenizer.name == "gpt2" else self.data.vocab_size
             self.model_args = {**{k: getattr(cfg, k) for k in ARCH}, "vocab_size": vocab, "dropout": cfg.dropout}
+            self.gelu = "exact"
+        self.model = GPT(GPTConfig(**self.model_args, gelu=self.gelu))
+        if start is not None:
+            self.model.load_state_dict(start.state)
+            if cfg.block_size < self.model_args["block_size"]:
+                self.model.crop_block_size(cfg.block_size)
+                self.model_args["block_size"] = cfg.block_size
+        self.model.to(self.device)
         self.cfg = cfg = dataclasses.replace(cfg, **{k: self.model_args[k] for k in ARCH})
-        self.model = GPT(GPTConfig(**self.model_args)).to(self.device)
+        self.start = start
         self.optimizer = self.model.configure_optimizer(
             cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device.type
         )
@@ -198,6 +209,7 @@ class _Run:
         self.evaluated_at: int | None = None  # the iteration of the last evaluation
         self.evals: list[tuple[int, float, float]] = []  # (iter, train_loss, val_loss)
         self.resumed_from: int | None = None
+        self.exact = True  # a resume repeats the uninterrupted run (False: from a checkpoint without our state)
         if saved is None:
             self.batch = self.draw("train")  # drawn one step ahead; the first before the first eval, as in nanoGPT
         else:
@@ -367,7 +379,7 @@ class _Run:
         ranks = self.group.gather(mine)
         if not self.group.main:
             return _event("checkpoint", iter=self.iter_num)  # rank 0's says it all; this one goes nowhere
-        state = {
+        state: dict[str, Any] = {
             "model": ckpt.model_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "model_args": self.model_args,
@@ -384,7 +396,11 @@ class _Run:
                 **({"ranks": ranks} if self.group.world_size > 1 else {}),
             },
         }
+        if self.gelu != "exact":
+            state[ckpt.GELU] = self.gelu
         nbytes = ckpt.save(self.out_dir / ckpt.LATEST, state, self.before_save)
+        if not (self.out_dir / ckpt.MODEL).exists():
+            ckpt.write_model_json(self.out_dir, self.model_args, self.data.tokenizer.meta(), self.gelu)
         if best:
             ckpt.mark_best(self.out_dir)
         ckpt_ms = (time.perf_counter() - t0) * 1e3
@@ -394,11 +410,20 @@ class _Run:
         )
 
     def _restore(self, saved: dict[str, Any]) -> None:
-        """Pick up where _checkpoint left off: the same weights, moments, RNG, next batch."""
+        """Pick up where _checkpoint left off: the same weights, moments, RNG, next batch. A
+        checkpoint without that state (nanoGPT's own) continues too, from its weights and
+        moments, with the RNG reseeded: not the batches an uninterrupted run would draw."""
         self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("optimizer"):
+            self.optimizer.load_state_dict(saved["optimizer"])
         self.iter_num, self.best_val_loss = saved["iter_num"], saved["best_val_loss"]
-        state = saved["resume"]
+        self.resumed_from = self.iter_num
+        state = saved.get("resume")
+        if state is None:
+            self.exact = False
+            torch.manual_seed(self.cfg.seed + self.group.rank + self.iter_num)
+            self.batch = self.draw("train")
+            return
         ranks = state.get("ranks") or [state]  # each rank's RNG and next batch
         if len(ranks) == self.group.world_size:
             mine = ranks[self.group.rank]
@@ -413,7 +438,6 @@ class _Run:
             self.scaler.load_state_dict(state["scaler"])
         self.evaluated_at = self.iter_num if state["evaluated"] else None
         self.evals = [(int(i), t, v) for i, t, v in state.get("evals", [])]
-        self.resumed_from = self.iter_num
 
     def _samples(self) -> Iterator[Event]:
         self.model.eval()
@@ -436,8 +460,16 @@ class _Run:
         if self.group.world_size > 1:
             where = f"{self.group.world_size} x {where}"
         reason = f"training {self.model.num_params(False) / 1e6:.2f}M parameters on {where}"
-        if self.resumed_from is not None:
+        if self.resumed_from is not None and not self.exact:
+            reason = (
+                f"resumed from the checkpoint at iter {self.resumed_from}, which has no exact-resume state "
+                "(nanoGPT's own, or an import): not exact, the RNG is reseeded and the batches differ from an "
+                "uninterrupted run's; " + reason
+            )
+        elif self.resumed_from is not None:
             reason = f"resumed from the checkpoint at iter {self.resumed_from}; " + reason
+        elif self.start is not None:
+            reason = f"starting from the weights of {_named(self.cfg.init_from)}; " + reason
         elif self.cfg.init_from == "resume":
             reason = f"no checkpoint in {self.out_dir} to resume from: starting from scratch; " + reason
         ev = self._status("running", reason)
@@ -492,6 +524,34 @@ class _Watch:
         new_best = evals[-1][2] < best_val_loss
         self.said_overfitting = (self.said_overfitting or message is not None) and not new_best
         return message
+
+
+def _named(init_from: str) -> str:
+    return init_from if init_from in PRETRAINED else Path(init_from).name
+
+
+def _weights(init_from: str, tokenizer: dict[str, Any]) -> hf.Weights | None:
+    """The weights a run starts from: a pretrained GPT-2, or a checkpoint file (a parent
+    run's, put there by the worker, or a path on the command line); None from scratch.
+    Their tokenizer must be the dataset's: the same ids must mean the same text."""
+    if init_from in PRETRAINED:
+        start = hf.pretrained(init_from)
+    elif init_from not in ("scratch", "resume"):
+        saved = ckpt.load(Path(init_from))
+        args = {k: v for k, v in saved["model_args"].items() if k != "dropout"}
+        start = hf.Weights(
+            args, saved["model"], saved.get(ckpt.GELU, "exact"), saved.get("tokenizer") or {"kind": "gpt2"}
+        )
+    else:
+        return None
+    theirs, ours = start.tokenizer, tokenizer
+    if theirs.get("kind") != ours.get("kind") or theirs.get("chars") != ours.get("chars"):
+        what = "a different character vocabulary" if theirs.get("kind") == ours.get("kind") else theirs.get("kind")
+        raise hf.WeightsError(
+            f"the weights of {_named(init_from)} were trained with {what}, the dataset is tokenized with "
+            f"{ours.get('kind')}: the same ids would mean other text"
+        )
+    return start
 
 
 def _event(type_: str, **fields: Any) -> Event:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from gptjobs.errors import GptjobsError
 from gptjobs.sampling import SampleStream
 from gptjobs.stream import EventStream
 from gptjobs.transport import STREAMING, Transport
@@ -213,11 +214,68 @@ class Runs:
         dest = Path(path)
         if dest.is_dir():
             dest = dest / "ckpt.pt"
+        return self._fetch(f"/runs/{run_id}/checkpoints/{which}", {}, dest)
+
+    def export(self, run_id: str, path: str | os.PathLike[str], which: Which = "best") -> Path:
+        """A checkpoint as a Hugging Face GPT-2 directory, unpacked into `path` (config.json,
+        model.safetensors, and GPT-2's tokenizer files, or a character model's vocab.json and
+        README.md): `transformers.GPT2LMHeadModel.from_pretrained(path)` loads it."""
+        import tarfile
+
+        dest = Path(path)
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = self._fetch(f"/runs/{run_id}/checkpoints/{which}", {"format": "hf"}, dest / ".export.tar.gz")
+        try:
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():  # the server's own archive: plain files, no folders
+                    if not member.isfile() or Path(member.name).name != member.name:
+                        raise GptjobsError(f"unexpected member {member.name!r} in the export")
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    (dest / member.name).write_bytes(src.read())
+        finally:
+            archive.unlink(missing_ok=True)
+        return dest
+
+    def import_weights(
+        self, path: str | os.PathLike[str], vocab: str | os.PathLike[str] | None = None, name: str | None = None
+    ) -> Run:
+        """Weights trained elsewhere as a run of yours, `succeeded` with one checkpoint: a
+        nanoGPT ckpt.pt (with `vocab`, its meta.pkl, for a character-level model), or a
+        Hugging Face GPT-2 directory (config.json + model.safetensors; a directory is sent
+        as a tar, a .tar as it is). Sample it, export it, or start a run from it with
+        init_from "run:<id>". A file the server refuses is a ValidationError saying why."""
+        import tarfile
+        import tempfile
+
+        p = Path(path)
+        data: dict[str, str] = {"name": name} if name else {}
+        with tempfile.TemporaryDirectory() as d:
+            if p.is_dir():
+                tarred = Path(d) / f"{p.name}.tar"
+                with tarfile.open(tarred, "w") as tar:
+                    for member in ("config.json", "model.safetensors"):
+                        tar.add(p / member, arcname=member)
+                p = tarred
+            with open(p, "rb") as f:
+                files: dict[str, Any] = {"file": (p.name, f)}
+                if vocab is not None:
+                    files["vocab"] = (Path(vocab).name, open(vocab, "rb"))  # noqa: SIM115 (closed below)
+                try:
+                    return Run.from_json(
+                        self._t.json("POST", "/runs/import", data=data, files=files, timeout=STREAMING)
+                    )
+                finally:
+                    if vocab is not None:
+                        files["vocab"][1].close()
+
+    def _fetch(self, url: str, params: dict[str, str], dest: Path) -> Path:
+        """A download streamed to dest, which appears whole or not at all."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         try:
             with (
-                self._t.stream("GET", f"/runs/{run_id}/checkpoints/{which}", timeout=self._t.http.timeout) as resp,
+                self._t.stream("GET", url, params=params, timeout=STREAMING) as resp,
                 open(part, "wb") as f,
             ):
                 for chunk in resp.iter_bytes(1 << 20):

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 app = make_celery(get_settings())
 app.conf.update(
-    include=["worker.tasks", "worker.sample", "worker.prepare"],
+    include=["worker.tasks", "worker.sample", "worker.prepare", "worker.weights"],
     worker_prefetch_multiplier=1,  # never reserve a second run while training one
     # Acks are late: a message leaves the queue only when its task returns, so one lost
     # between delivery and the claim (worker killed in that moment) is delivered again

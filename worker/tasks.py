@@ -28,6 +28,7 @@ from api.lifecycle import CANCELLED, FAILED, QUEUED, RECOVERING, RUNNING, is_fin
 from api.queue import JOIN_TASK, TRAIN_TASK, train_queue
 from api.redis_keys import group_key, group_leaving_key
 from api.settings import Settings, get_settings, usable_cores
+from gpt.checkpoint import LATEST, PARENT
 from gpt.checkpoint import keep as keep_checkpoint
 from gpt.config import make_config
 from worker.app import app, database, redis_client
@@ -75,11 +76,15 @@ def train(run_id: str) -> None:
     try:
         out_dir = (settings.runs_dir() / run_id).resolve()
         overrides = {**run.config, "out_dir": str(out_dir)}
-        if run.attempt > 1:
-            overrides["init_from"] = "resume"  # from the newest checkpoint, or from scratch if none
+        if run.parent_run_id:  # the API linked the parent's checkpoint here when it made the run
+            overrides["init_from"] = str(out_dir / PARENT)
+        if run.attempt > 1 and (out_dir / LATEST).exists():
+            overrides["init_from"] = "resume"  # from its own newest checkpoint, else where it started
         if run.dataset_id:  # the API checked it is the owner's and ready; a run in use cannot be deleted
             overrides["dataset"] = str(_prepared(db, run.dataset_id))
-        cfg = make_config(overrides, max_params=settings.max_params, allow_paths=run.dataset_id is not None)
+        # Paths only as the worker itself put them: the API took a dataset id and a run id.
+        local = run.dataset_id is not None or run.parent_run_id is not None
+        cfg = make_config(overrides, max_params=settings.max_params, allow_paths=local)
         data_dir = str(settings.datasets_dir().resolve())
 
         def should_stop() -> bool:

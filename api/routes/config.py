@@ -19,8 +19,9 @@ from api.datasets import Lookup
 from api.deps import DbDep, MaybeCaller, SettingsDep
 from api.schemas import RunCreate
 from api.settings import Settings
+from api.weights import ParentLookup, pretrained_unavailable
 from gpt import config as train_config
-from gpt.config import ConfigError, Corpus, TrainConfig, make_config
+from gpt.config import PRETRAINED, ConfigError, Corpus, Start, TrainConfig, make_config
 
 router = APIRouter(prefix="/config", tags=["config"])
 
@@ -117,24 +118,34 @@ def validate(body: dict[str, Any], db: DbDep, settings: SettingsDep, caller: May
         errors = [{"type": err["type"], "loc": ["body", *err["loc"]], "msg": err["msg"]} for err in e.errors()]
         return Validation(ok=False, errors=errors, config=None)
     # Your own datasets are known only with your key (the check needs none for the rest).
-    cfg, errors = check_config(run.config, settings, Lookup(db, caller.owner) if caller else None)
+    corpus = Lookup(db, caller.owner) if caller else None
+    parents = ParentLookup(db, settings, caller.owner) if caller else None
+    cfg, errors = check_config(run.config, settings, corpus, parents)
     if cfg is None:  # without the inputs: they may be what JSON cannot hold (inf)
         return Validation(ok=False, errors=[{k: v for k, v in e.items() if k != "input"} for e in errors], config=None)
     return Validation(ok=True, errors=[], config=cfg.to_dict())
 
 
 def check_config(
-    config: dict[str, Any], settings: Settings, corpus: Callable[[str], Corpus] | None = None
+    config: dict[str, Any],
+    settings: Settings,
+    corpus: Callable[[str], Corpus] | None = None,
+    start: Callable[[str], Start] | None = None,
 ) -> tuple[TrainConfig | None, list[dict[str, Any]]]:
     """The config filled in, or the errors by field (FastAPI's 422 items): every check
     POST /runs makes of a config, for it and for POST /config/validate. `corpus` finds the
-    caller's own datasets (api.datasets.Lookup)."""
+    caller's own datasets (api.datasets.Lookup), `start` their runs' checkpoints
+    (api.weights.ParentLookup)."""
     try:
-        cfg = make_config(config, max_params=settings.max_params, allow_paths=False, corpus=corpus)
+        cfg = make_config(config, max_params=settings.max_params, allow_paths=False, corpus=corpus, start=start)
     except ConfigError as e:
         loc = ("body", "config")
         return None, [
             {"type": "value_error", "loc": (*loc, k), "msg": v, "input": config.get(k)} for k, v in e.errors.items()
+        ]
+    if cfg.init_from in PRETRAINED and (why := pretrained_unavailable(cfg.init_from)):
+        return None, [
+            {"type": "value_error", "loc": ("body", "config", "init_from"), "msg": why, "input": cfg.init_from}
         ]
     if cfg.max_iters > settings.max_iters:
         msg = f"at most {settings.max_iters} on this server (GPTJOBS_MAX_ITERS)"

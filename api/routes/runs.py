@@ -32,6 +32,7 @@ from api.redis_keys import cancel_key, stream_key
 from api.relay import publish
 from api.routes.config import check_config
 from api.schemas import Problem, RunCreate, RunDetail, RunList, RunListItem, RunPublic
+from api.weights import ParentLookup, link_parent
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -59,8 +60,8 @@ def create_run(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> RunPublic:
     """Queue a training run. The config is validated now; a bad key is a 422 naming it and why."""
-    lookup = Lookup(db, owner)
-    cfg, errors = check_config(body.config, settings, lookup)
+    lookup, parents = Lookup(db, owner), ParentLookup(db, settings, owner)
+    cfg, errors = check_config(body.config, settings, lookup, parents)
     if cfg is None:
         raise RequestValidationError(errors)
     digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True, default=str).encode()).hexdigest()
@@ -72,14 +73,18 @@ def create_run(
     run_id = secrets.token_hex(8)
     config = cfg.to_dict()
     config["out_dir"] = f"runs/{run_id}"  # the server chooses: under its data directory
-    ds = lookup.found
+    ds, parent = lookup.found, parents.found
     if ds is not None:
         config["dataset"] = ds.id  # by id: a name may later name another dataset
+    if parent is not None:
+        config["init_from"] = f"run:{parent.run_id}@{parent.iter}"  # latest/best as they were now
     run = Run(
         id=run_id,
         name=body.name,
         config=config,
         dataset_id=ds.id if ds else None,
+        parent_run_id=parent.run_id if parent else None,
+        parent_iter=parent.iter if parent else None,
         dataset_sha256=ds.sha256 if ds else None,
         max_restarts=body.max_restarts,
         owner=owner,
@@ -96,6 +101,8 @@ def create_run(
             response.status_code = 200
             return earlier
         raise
+    if parent is not None:  # before any worker can start it
+        link_parent(settings, parent, run_id)
     try:
         celery.send_task(TRAIN_TASK, args=[run_id], queue=train_queue(config))  # to a worker with its devices
     except Exception as e:

@@ -8,17 +8,13 @@ so a missing checkpoint or an unknown character is a 4xx even for a streamed req
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -26,76 +22,13 @@ from api.db import Database, Run
 from api.deps import NOT_FOUND, CeleryDep, DbDep, Owner, RedisDep, RunId, SampleQuotaDep, SettingsDep, load_run
 from api.lifecycle import ACTIVE
 from api.limits import invalid
-from api.queue import SAMPLE_QUEUE, SAMPLE_REPLY_TTL_S, SAMPLE_TASK
-from api.redis_keys import sample_reply_key, sample_stop_key
+from api.queue import SAMPLE_QUEUE, SAMPLE_TASK
+from api.rpc import Answer, WorkerError
 from api.schemas import Problem, SampleRequest, SampleResult
 from api.settings import Settings
 from gpt import checkpoint as ckpt  # its file naming; it imports torch only to read or write one
 
 router = APIRouter(prefix="/runs", tags=["samples"])
-
-
-class SampleError(Exception):
-    """A request that ends without text: an HTTP error before the stream starts, a last
-    line or event after."""
-
-    def __init__(self, status: int, detail: str, loc: list[str] | None = None, value: Any = None):
-        super().__init__(detail)
-        self.status, self.detail, self.loc, self.value = status, detail, loc, value
-
-    def http(self) -> Exception:
-        if self.status == 422 and self.loc:
-            return invalid(tuple(self.loc), self.detail, self.value)
-        return HTTPException(self.status, self.detail)
-
-
-class Answer:
-    """The worker's messages for one request, from its Redis list, with the deadlines:
-    a worker must take the request within the pickup timeout (else 503), then say something
-    at least every answer timeout (else 504)."""
-
-    def __init__(self, r: aioredis.Redis, request_id: str, settings: Settings):
-        self.r, self.settings = r, settings
-        self.key, self.stop_key = sample_reply_key(request_id), sample_stop_key(request_id)
-        self.pending: list[dict[str, Any]] = []
-        self.accepted = False
-
-    async def get(self) -> dict[str, Any]:
-        """The next message; raises SampleError for an error message or silence."""
-        while not self.pending:
-            wait_s = self.settings.sample_answer_timeout_s if self.accepted else self.settings.sample_pickup_timeout_s
-            deadline = time.monotonic() + wait_s
-            got = None
-            while got is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    await self.stop()
-                    if self.accepted:
-                        raise SampleError(504, f"the sampling worker went quiet for {wait_s:g} s; try again")
-                    raise SampleError(
-                        503,
-                        f"no sampling worker took the request within {wait_s:g} s: none is running "
-                        "(`gptjobs worker --queue sample`), or all are busy",
-                    )
-                try:  # under redis-py's 5 s socket timeout; a 0 would mean "forever"
-                    got = await self.r.blpop([self.key], timeout=max(0.01, min(left, 4.0)))
-                except RedisError as e:
-                    raise SampleError(503, f"lost Redis while waiting for the answer: {e}") from None
-            msgs = json.loads(got[1])
-            self.accepted = True
-            self.pending = [m for m in msgs if m["t"] != "accepted"]
-        msg = self.pending.pop(0)
-        if msg["t"] == "error":
-            raise SampleError(msg["status"], msg["detail"], msg.get("loc"), msg.get("input"))
-        return msg
-
-    async def stop(self) -> None:
-        """Tell the worker nobody listens any more (a no-op for one that has finished)."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.set(self.stop_key, 1, ex=SAMPLE_REPLY_TTL_S)
-        pipe.delete(self.key)
-        with contextlib.suppress(RedisError):  # then the worker stops when its pushes fail
-            await pipe.execute()
 
 
 def _no_checkpoint(run: Run) -> str:
@@ -177,7 +110,7 @@ async def create_samples(
     answer = Answer(r, request_id, settings)
     try:
         start = await answer.get()
-    except SampleError as e:
+    except WorkerError as e:
         raise e.http() from None
     sse = "text/event-stream" in request.headers.get("accept", "")
     n = body.num_samples
@@ -207,7 +140,7 @@ async def create_samples(
                 if await request.is_disconnected():  # curl interrupted: free the worker
                     await answer.stop()
                     return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-        except SampleError as e:
+        except WorkerError as e:
             raise e.http() from None
         return JSONResponse(result(ends[0]))
 
@@ -217,7 +150,7 @@ async def create_samples(
             async for p in pieces():
                 if p[0]:
                     yield p[0]
-        except SampleError as e:
+        except WorkerError as e:
             yield f"\n[sampling stopped: {e.detail}]\n"
             return
         # Generated as one batch, but a terminal shows one stream: sample 0 live, the rest now.
@@ -228,7 +161,7 @@ async def create_samples(
         try:
             async for p in pieces():
                 yield _sse({"samples": [{"text": t} for t in p]})
-        except SampleError as e:
+        except WorkerError as e:
             yield _sse({"status": e.status, "detail": e.detail}, "error")
             return
         yield _sse(result(ends[0]), "end")

@@ -1,4 +1,4 @@
-// A run's page: live charts from the WebSocket, its log, diagnostics, config, cancel, sampling.
+// A run's page: live charts from the WebSocket, its log, diagnostics, config, lineage, cancel, sampling.
 
 import { ApiError, api, errorDetail, followRun, getJSON, postJSON } from "./api.js";
 import { COLORS, logToggle, makeChart, markersPlugin, thin, uPlot } from "./charts.js";
@@ -248,6 +248,7 @@ export function runView(root, runId) {
         h("span", { class: "muted" }, `attempt ${run.attempt}`),
       ),
       h("p", { class: "reason", id: "reason" }, run.reason || ""),
+      lineage(run),
       h(
         "div",
         { class: "actions" },
@@ -257,6 +258,25 @@ export function runView(root, runId) {
       ),
     );
     root.dataset.status = run.status;
+  }
+
+  // Where its weights and data came from: another run's checkpoint, a dataset of yours.
+  function lineage(run) {
+    const parts = [];
+    if (run.parent) {
+      parts.push(
+        "started from ",
+        h("a", { id: "parent", href: `#/runs/${encodeURIComponent(run.parent.run_id)}` }, `run ${run.parent.run_id}`),
+        ` at iter ${run.parent.iter}`,
+      );
+    } else if (run.config.init_from && !["scratch", "resume"].includes(run.config.init_from)) {
+      parts.push(`started from the pretrained ${run.config.init_from}`);
+    }
+    if (run.dataset) {
+      if (parts.length) parts.push("; ");
+      parts.push("trained on ", h("a", { href: "#/datasets" }, `dataset ${run.dataset.id}`), ` (sha256 ${run.dataset.sha256.slice(0, 12)}…)`);
+    }
+    return parts.length ? h("p", { class: "muted lineage", id: "lineage" }, ...parts) : null;
   }
 
   function renderCards() {

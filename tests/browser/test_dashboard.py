@@ -419,3 +419,14 @@ def test_a_dataset_uploaded_from_the_page_is_prepared_and_offered_to_a_new_run(
     options = page.eval_on_selector_all("#field-dataset optgroup option", "els => els.map(e => e.textContent)")
     assert any(o.startswith("from-the-page (char, 21,500 tokens)") for o in options), options
     assert page.problems == []
+
+
+def test_a_run_started_from_another_shows_its_lineage(page: Any, site: Stack, finished: str) -> None:
+    child = site.submit({"init_from": f"run:{finished}@best", "max_iters": 10, "lr_decay_iters": 10, "warmup_iters": 0})
+    assert child["parent"]["run_id"] == finished, child
+    page.goto(f"{site.url}/#/runs/{child['id']}")
+    link = page.wait_for_selector("#lineage a#parent")
+    assert link.get_attribute("href") == f"#/runs/{finished}"
+    assert f"at iter {child['parent']['iter']}" in page.inner_text("#lineage")
+    site.wait_status(child["id"], {"succeeded"})
+    assert page.problems == []

@@ -99,6 +99,12 @@ def test_an_owner_cannot_reach_another_owners_run(server: Server) -> None:
         assert _ws_close_code(ws + f"?token={server.keys['bob']}") == 4404
         assert _ws_close_code(ws) == 4401
         assert _ws_close_code(ws + "?token=gj_wrong") == 4401
+        # Nor start from it: init_from run:<id> names the caller's own runs only.
+        child = {"config": {**TINY, "init_from": f"run:{run_id}"}}
+        refused = bob.post("/runs", json=child)
+        assert refused.status_code == 422 and f"no run {run_id!r} of yours" in refused.text
+        own = alice.post("/runs", json=child)  # hers, but queued: no checkpoint to start from yet
+        assert own.status_code == 422 and f"run {run_id} has no checkpoint latest" in own.text
         assert alice.post(f"/runs/{run_id}/cancel").status_code == 200  # the owner still can
     # The key a browser puts in the socket's URL stays out of the server's log.
     logged = server.log.read_text()

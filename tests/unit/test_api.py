@@ -33,7 +33,8 @@ def _errors(resp) -> dict[str, str]:  # type: ignore[no-untyped-def]
         ({"dataset": "/etc/passwd"}, "dataset", "unknown dataset"),
         ({"nonsense_key": 1}, "nonsense_key", "unknown key"),
         ({"n_layer": 48, "n_embd": 1024, "n_head": 16}, "n_layer", "too large"),
-        ({"init_from": "gpt2-xl"}, "init_from", "must be one of"),
+        ({"init_from": "gpt3"}, "init_from", "must be one of"),
+        ({"init_from": "gpt2-xl"}, "dataset", "weights of gpt2-xl were trained with gpt2"),
     ],
 )
 def test_bad_config_is_422_naming_the_field(client: TestClient, config: dict, field: str, words: str) -> None:
@@ -83,3 +84,25 @@ def test_a_run_that_cannot_be_queued_fails_with_its_history_ended(client: TestCl
     assert run["status"] == "failed" and run["reason"].startswith("could not queue the run")
     events = client.get(f"/runs/{run['id']}/events").json()["events"]
     assert [(e["seq"], e["type"], e["status"]) for e in events] == [(1, "status", "failed")]
+
+
+def test_pretrained_weights_that_cannot_be_had_are_refused_saying_how_to_get_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    config = {"dataset": "shakespeare", "init_from": "gpt2", "max_iters": 10}
+    with app_client(tmp_path) as client:  # the default size limit: gpt2's 124M parameters pass it
+        errors = _errors(client.post("/runs", json={"config": config}))
+    assert "not in this server's Hugging Face cache" in errors["body/config/init_from"]
+    assert (
+        "POST /runs/import" in errors["body/config/init_from"] and "HF_HUB_OFFLINE" in errors["body/config/init_from"]
+    )
+
+
+def test_an_import_over_the_upload_limit_is_413_before_it_is_read(tmp_path: Path) -> None:
+    with app_client(tmp_path, max_upload_bytes=1000) as client:
+        resp = client.post("/runs/import", files={"file": ("ckpt.pt", b"x" * 5000)})
+    assert resp.status_code == 413 and "GPTJOBS_MAX_UPLOAD_BYTES" in resp.json()["detail"]

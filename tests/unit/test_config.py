@@ -41,7 +41,7 @@ def test_nanogpt_defaults_and_recipe() -> None:
         ({"seed": float("inf")}, "seed", "integer"),
         ({"sample_prompts": ["\ud800"]}, "sample_prompts", "Unicode"),
         ({"device": "tpu"}, "device", "one of"),
-        ({"init_from": "gpt2-xl"}, "init_from", "download"),
+        ({"init_from": "gpt2-xxl"}, "init_from", "must be one of scratch, resume, gpt2, gpt2-medium"),
         ({"bias": "maybe"}, "bias", "true or false"),
         ({"backend": "mpi"}, "backend", "one of nccl, gloo"),
         ({"backend": "nccl", "device": "cpu"}, "backend", "CUDA devices only"),
@@ -112,3 +112,4 @@ def test_world_size_must_divide_gradient_accumulation() -> None:
     assert cfg.world_size() == 4 and cfg.tokens_per_iter() == 8 * cfg.batch_size * cfg.block_size
     assert make_config({"backend": "gloo", "device": "cpu"}).backend == "gloo"
     assert TrainConfig().backend is None  # chosen from the device
+    assert make_config({"backend": "None"}).backend is None  # as `--backend=None` from to_dict() flags
