@@ -70,8 +70,9 @@ class Group:
             dist.destroy_process_group()
 
     def own_device(self, device: str) -> str:
-        """A launched rank trains on its own GPU, cuda:LOCAL_RANK."""
-        return self.device if self.distributed and device == "cuda" else device
+        """A launched rank trains on its own GPU, cuda:LOCAL_RANK, whichever CUDA device the
+        config names (nanoGPT's way: `--device=cuda:0` under torchrun means each rank's own)."""
+        return self.device if self.distributed and device.startswith("cuda") else device
 
     def wrap(self, model: torch.nn.Module) -> DistributedDataParallel | None:
         """The module that averages gradients across ranks (None in a group of one).

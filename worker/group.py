@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -250,8 +251,16 @@ def _threads(settings: Any, nproc: int) -> int:
 
 def describe_failures(failures: dict[int, Any], log_dir: Path) -> str:
     """Which rank died and how, in a sentence: the one killed by a signal if any (the others
-    mostly died of losing it), else the first to fail; with the end of its stderr."""
-    first = min(failures, key=lambda r: (failures[r].exitcode >= 0, failures[r].timestamp, r))
+    mostly died of losing it), else the first to fail; with the end of its stderr. The
+    launcher ends the survivors with SIGTERM and lists them too, after the ones it saw fail
+    (its timestamps are whole seconds): a SIGTERM comes last, then the order it found them."""
+    order = {r: i for i, r in enumerate(failures)}
+
+    def cause(r: int) -> tuple[bool, bool, int, int]:
+        code = failures[r].exitcode
+        return code == -signal.SIGTERM, code >= 0, failures[r].timestamp, order[r]
+
+    first = min(failures, key=cause)
     f = failures[first]
     how = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
     out = f"rank {first} (pid {f.pid}) {how}"
