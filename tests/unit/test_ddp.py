@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -46,12 +47,14 @@ def _rank(config: dict[str, Any], data_dir: str, stop_after: int | None) -> list
     return events
 
 
-def launch(tmp: Path, config: dict[str, Any], data_dir: Path, stop_after: int | None = None) -> list[list[Any]]:
+def launch(
+    tmp: Path, config: dict[str, Any], data_dir: Path, stop_after: int | None = None, nproc: int = WORLD
+) -> list[list[Any]]:
     """Every rank's events, in rank order."""
     spec = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
-        nproc_per_node=WORLD,
+        nproc_per_node=nproc,
         run_id=uuid.uuid4().hex,
         rdzv_backend="c10d",
         rdzv_endpoint="127.0.0.1:0",
@@ -61,7 +64,7 @@ def launch(tmp: Path, config: dict[str, Any], data_dir: Path, stop_after: int | 
         logs_specs=DefaultLogsSpecs(log_dir=str(tmp / "logs")),
     )
     out = elastic_launch(spec, _rank)(config, str(data_dir), stop_after)
-    return [out[r] for r in range(WORLD)]
+    return [out[r] for r in range(nproc)]
 
 
 def iter_losses(events: list[dict[str, Any]]) -> list[float]:
@@ -144,3 +147,15 @@ def test_two_ranks_train_as_one_process_drawing_their_batches_and_resume_exactly
     assert iter_losses(stopped) + iter_losses(rest) == got
     evals = [e["val_loss"] for e in rest if e["type"] == "eval"]
     assert evals == [e["val_loss"] for e in events if e["type"] == "eval"][2:]  # iters 8 and 12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI)")
+def test_cuda_under_the_launcher_with_nccl_bf16_and_compile(tmp_path: Path, data_dir: Path) -> None:
+    config = TINY | {"device": "cuda", "dtype": "bfloat16", "compile": True, "backend": "nccl", "max_iters": 20}
+    (events,) = launch(tmp_path, config | {"out_dir": str(tmp_path / "gpu")}, data_dir, nproc=1)
+    assert events[-1]["status"] == "succeeded", events[-1]
+    first = events[0]
+    assert first["world_size"] == 1 and first["device"] not in ("cpu", "cuda"), first  # the GPU's model name
+    assert first["dtype"] == "bfloat16" and first["compile"], first
+    saved = ckpt.load(tmp_path / "gpu" / ckpt.LATEST)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in saved["model"])  # nanoGPT loads it
