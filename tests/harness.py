@@ -58,6 +58,7 @@ __all__ = [
     "postgres_server",
     "rank_pids",
     "redis_server",
+    "s3_server",
     "service_env",
     "stop",
     "wait_for",
@@ -594,6 +595,35 @@ def redis_server() -> Iterator[str]:
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             r.close()
+            p.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str = "gptjobs") -> Iterator[dict[str, str]]:
+    """moto's S3 server (a stand-in for S3: the real MinIO or S3 cannot run here) on a free
+    loopback port, with one bucket; yields the environment that points boto and s3fs at it."""
+    import sys
+
+    port = free_port()
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    argv = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    with tempfile.TemporaryDirectory(prefix="gptjobs-s3-") as d:
+        p = Proc("moto-s3", argv, {**os.environ, **env}, Path(d) / "moto.log")
+        try:
+
+            def up() -> bool:
+                p.check()
+                try:
+                    return httpx.put(f"{env['AWS_ENDPOINT_URL']}/{bucket}", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, 30, "moto's S3 server")
+            yield env
+        finally:
             p.stop()
 
 
