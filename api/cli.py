@@ -2,7 +2,7 @@
 
     gptjobs up [--port 8000]        Redis + migrations + API + a train, a sample and a prepare worker
     gptjobs serve [--port 8000]     the API alone (migrations are `gptjobs migrate`)
-    gptjobs worker --queue train    one Celery worker process (solo pool)
+    gptjobs worker --queue train    one Celery worker process (solo pool); --gpus 0,1|all or --nproc N
     gptjobs migrate                 alembic upgrade head
     gptjobs keys create --name N    an API key (also `keys list`, `keys revoke ID`)
     gptjobs submit|list|show|watch|log|cancel|sample|datasets   the client (api/client.py)
@@ -80,13 +80,46 @@ def serve_argv(host: str, port: int) -> list[str]:
     return gptjobs_argv("serve", "--host", host, "--port", str(port))
 
 
-def worker_argv(queue: str, *, name: str | None = None, loglevel: str = "info") -> list[str]:
+def worker_argv(
+    queue: str,
+    *,
+    name: str | None = None,
+    loglevel: str = "info",
+    gpus: str | None = None,
+    nproc: int | None = None,
+) -> list[str]:
     """The Celery worker that `gptjobs worker` becomes: solo pool (a forked child hangs at its
     first torch op), one message at a time. name: its Celery node name (default queue-PID@host,
-    the PID of the process that builds the line, which `gptjobs worker` then becomes)."""
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", queue]
+    the PID of the process that builds the line, which `gptjobs worker` then becomes).
+
+    A training worker owns `gpus` ("0,1,2,3", or "all": every GPU of this machine) or, on CPU,
+    `nproc` ranks; it then consumes the queue of every run that fits on them (api/queue.py)."""
+    queues, owns = [queue], []
+    if queue == "train" and (gpus or nproc):
+        from api.queue import train_queues  # Celery's import, only for this
+
+        gpus = ",".join(all_gpus()) if gpus == "all" else gpus
+        queues = train_queues(len(gpus.split(",")) if gpus else int(nproc or 1))
+        owns = ["--gpus", gpus] if gpus else ["--nproc", str(nproc)]
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", ",".join(queues), *owns]
     argv += ["-P", "solo", "--prefetch-multiplier", "1", "-n", name or f"{queue}-{os.getpid()}@%h", "-l", loglevel]
     return [*argv, "--without-gossip", "--without-mingle"]  # these only slow start-up for a solo trainer
+
+
+def all_gpus() -> list[str]:
+    """This machine's GPUs, as CUDA_VISIBLE_DEVICES names them if it is set, else nvidia-smi."""
+    if visible := os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        out = None
+    found = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()] if out and out.returncode == 0 else []
+    if not found:
+        raise SystemExit("gptjobs: --gpus all: no GPU found (nvidia-smi lists none); on CPU use --nproc N")
+    return found
 
 
 def _die_with_parent() -> None:
@@ -191,8 +224,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(refused, file=sys.stderr)
             return 2
         api = children.start("api", serve_argv(args.host, args.port), logs / "api.log", env)
+        owns = ["--gpus", args.gpus] if args.gpus else ["--nproc", str(args.nproc)] if args.nproc else []
         for queue in ("train", "sample", "prepare"):
-            children.start(f"{queue} worker", gptjobs_argv("worker", "--queue", queue), logs / f"{queue}.log", env)
+            argv = gptjobs_argv("worker", "--queue", queue, *(owns if queue == "train" else []))
+            children.start(f"{queue} worker", argv, logs / f"{queue}.log", env)
         url = f"http://{args.host}:{args.port}"
         _wait_ready(lambda: _http_ok(url + "/healthz"), "the API", api, 60, logs / "api.log")
         print(f"gptjobs is up.\n  API        {url}  (docs: {url}/docs)")
@@ -266,7 +301,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    argv = worker_argv(args.queue, loglevel=args.loglevel)
+    if args.nproc is not None and args.nproc < 1:
+        raise SystemExit("gptjobs: --nproc must be 1 or more")
+    if (args.gpus or args.nproc) and args.queue != "train":
+        raise SystemExit("gptjobs: --gpus and --nproc are for a training worker (--queue train)")
+    argv = worker_argv(args.queue, loglevel=args.loglevel, gpus=args.gpus, nproc=args.nproc)
     os.execv(sys.executable, argv)  # become the worker: signals reach Celery directly
 
 
@@ -280,6 +319,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         upgrade(url, args.revision)
     print(f"gptjobs: database at {args.downgrade or args.revision}: {url}")
     return 0
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    owns = p.add_mutually_exclusive_group()
+    owns.add_argument("--gpus", help="the training worker's GPUs: 0,1,2,3 or all (default: one device)")
+    owns.add_argument("--nproc", type=int, help="the training worker's ranks on CPU (e.g. 2)")
 
 
 # --- `gptjobs keys ...` (run on the server: it writes the database directly; api/auth.py) -----
@@ -348,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", help="default: $GPTJOBS_DATA_DIR or ./.gptjobs")
+    add_device_options(up)
     up.set_defaults(fn=cmd_up)
     serve = sub.add_parser("serve", help="run the API server")
     serve.add_argument("--host", default="127.0.0.1")
@@ -356,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="run a Celery worker (one run at a time)")
     worker.add_argument("--queue", choices=["train", "sample", "prepare"], required=True)
     worker.add_argument("--loglevel", default="info")
+    add_device_options(worker)
     worker.set_defaults(fn=cmd_worker)
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--revision", default="head")

@@ -41,7 +41,7 @@ from gpt.logfmt import format_event
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_ERROR, EXIT_PRUNED, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
 WATCH_EXIT = {"succeeded": 0, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED, "pruned": EXIT_PRUNED}
-NANOGPT_ONLY = {"wandb_log", "wandb_project", "wandb_run_name", "backend"}  # train.py keys with no meaning here
+NANOGPT_ONLY = {"wandb_log", "wandb_project", "wandb_run_name"}  # train.py keys with no meaning here
 SAMPLE_OPTIONS = ("max_new_tokens", "temperature", "top_k", "seed", "num_samples")  # sent only when given
 REDRAW_S = 0.1  # the bar is redrawn at most this often (a replayed history is thousands of events)
 

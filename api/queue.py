@@ -5,16 +5,20 @@ The API sends tasks by name (`send_task("worker.train", ...)`) and never imports
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from celery import Celery
 
 from api.settings import Settings
 
-TRAIN_QUEUE = "train"
+TRAIN_QUEUE = "train"  # runs on one device; one on N devices per machine waits in "train.N"
 SAMPLE_QUEUE = "sample"
 PREPARE_QUEUE = "prepare"
 TRAIN_TASK = "worker.train"
 SAMPLE_TASK = "worker.sample.generate"
 PREPARE_TASK = "worker.prepare"  # args: dataset id, the attempt it was sent for
+JOIN_TASK = "worker.train_join"  # args: run id, attempt: another machine's share of a run on several
 # Weights in and out, answered like a sampling request (api/rpc.py), by the sampling workers.
 IMPORT_TASK = "worker.weights.import"  # args: request id, run id, upload path, file name, vocab path
 EXPORT_TASK = "worker.weights.export"  # args: request id, run id, checkpoint name, its version, output name
@@ -50,3 +54,15 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     )
     return app
+
+
+def train_queue(config: Mapping[str, Any]) -> str:
+    """The queue of a run with this config: by the devices it needs on each machine, so that
+    only a worker owning that many takes it (a worker with N consumes train_queues(N))."""
+    n = int(config.get("nproc_per_node") or 1)
+    return TRAIN_QUEUE if n <= 1 else f"{TRAIN_QUEUE}.{n}"
+
+
+def train_queues(devices: int) -> list[str]:
+    """What a training worker owning `devices` devices consumes: every run that fits."""
+    return [train_queue({"nproc_per_node": n}) for n in range(1, max(1, devices) + 1)]

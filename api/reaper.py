@@ -10,6 +10,10 @@ checkpoint with attempt+1; or, once max_restarts is used up, it ends `failed` sa
 Safe with several API replicas: the move is a conditional UPDATE on (status, attempt), so
 one replica wins it, writes the status event and queues the run; the others change nothing.
 
+It also says why a run on several devices waits, when no connected worker (or set of them)
+owns enough (api/capacity.py): "waiting for a worker with 4 devices; the largest connected
+has 2", in the run's reason, cleared once one that can serve it is connected.
+
 Why not leave this to the broker: Celery's Redis transport hands an unacknowledged message
 to another worker only after visibility_timeout (an hour by default), and hands it over
 again every visibility_timeout even while its first worker is still training. Acks stay
@@ -32,11 +36,11 @@ from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
-from api import datasets
-from api.db import D, Database, Dataset, Entry, R, dumps, entries, event_row, insert_events, last_seq, tail_seq
+from api import capacity, datasets
+from api.db import D, Database, Dataset, Entry, R, Run, dumps, entries, event_row, insert_events, last_seq, tail_seq
 from api.lifecycle import DATASETS, FAILED, PREPARING, RECOVERING, RUNNING, RUNS, WAITING, status_event
-from api.queue import PREPARE_QUEUE, PREPARE_TASK, TRAIN_QUEUE, TRAIN_TASK
-from api.redis_keys import UNACKED, dataset_lease_key, lease_key, stream_key
+from api.queue import PREPARE_QUEUE, PREPARE_TASK, TRAIN_TASK, train_queue
+from api.redis_keys import TRAIN_WORKERS, UNACKED, dataset_lease_key, lease_key, stream_key
 from api.relay import publish
 from api.settings import Settings
 
@@ -47,18 +51,38 @@ TAIL = 1000  # stream entries read back from a lost worker (it leaves at most ~2
 
 def _running(db: Database, started_before: float) -> list[Any]:
     with db.session() as s:
-        q = select(R.id, R.attempt, R.restarts, R.max_restarts).where(
+        q = select(R.id, R.attempt, R.restarts, R.max_restarts, R.config).where(
             R.status == RUNNING, R.started_at < started_before
         )
         return list(s.execute(q).all())
 
 
-def _waiting(db: Database) -> dict[tuple[str, str], list[Any]]:
-    """What waits for a worker: {(task, id): the task's other arguments}."""
+def _waiting(db: Database) -> dict[tuple[str, str], tuple[list[Any], str]]:
+    """What waits for a worker: {(task, id): (the task's other arguments, its queue)}."""
     with db.session() as s:
-        runs = s.execute(select(R.id).where(R.status.in_(WAITING))).scalars()
+        runs = s.execute(select(R.id, R.config).where(R.status.in_(WAITING))).all()
         preps = s.execute(select(D.id, D.attempt).where(D.status == PREPARING, D.started_at.is_(None))).all()
-    return {(TRAIN_TASK, run_id): [] for run_id in runs} | {(PREPARE_TASK, i): [a] for i, a in preps}
+    return {(TRAIN_TASK, i): ([], train_queue(c)) for i, c in runs} | {
+        (PREPARE_TASK, i): ([a], PREPARE_QUEUE) for i, a in preps
+    }
+
+
+def _say_what_runs_wait_for(db: Database, devices: list[int]) -> list[tuple[str, str | None]]:
+    """Waiting runs on several devices: the reason no connected worker can serve them, or
+    none once one can (only reasons of this kind are replaced). Returns what changed."""
+    changed = []
+    with db.transaction() as s:
+        rows = s.execute(select(R.id, R.config, R.reason).where(R.status.in_(WAITING))).all()
+        for run_id, config, old in rows:
+            if int(config.get("nproc_per_node") or 1) * int(config.get("nnodes") or 1) == 1:
+                continue
+            if old is not None and not old.startswith(capacity.WAITING_FOR):
+                continue  # a reason of another kind (a shutdown, a group that did not form) stays
+            new = capacity.waiting_reason(config, devices)
+            if new != old:
+                s.execute(update(Run).where(R.id == run_id, R.status.in_(WAITING)).values(reason=new))
+                changed.append((run_id, new))
+    return changed
 
 
 def _preparing(db: Database, started_before: float) -> list[Any]:
@@ -123,6 +147,7 @@ class Reaper:
     async def once(self) -> list[dict[str, Any]]:
         """One pass; returns the status events it wrote."""
         await self.requeue_orphans()
+        await self.say_what_runs_wait_for()
         await self.recover_preparations()
         await self.expire_uploads()
         db, r, settings = self.db, self.r, self.settings
@@ -142,7 +167,7 @@ class Reaper:
             log.warning("run %s: %s", row.id, ev["reason"])
             await publish(r, ev, settings.stream_ttl_s)
             if ev["status"] == RECOVERING:
-                await self._send(TRAIN_TASK, [row.id])  # if this fails, requeue_orphans sends it later
+                await self._send(TRAIN_TASK, [row.id], train_queue(row.config))  # else requeue_orphans does, later
             out.append(ev)
         return out
 
@@ -163,7 +188,7 @@ class Reaper:
                 log.warning(
                     "dataset %s: its prepare worker was lost (attempt %d); preparing it again", row.id, row.attempt
                 )
-                await self._send(PREPARE_TASK, [row.id, row.attempt])
+                await self._send(PREPARE_TASK, [row.id, row.attempt], PREPARE_QUEUE)
                 sent.append(row.id)
         return sent
 
@@ -179,19 +204,31 @@ class Reaper:
             return []
         self.next_scan = now + self.settings.lease_ttl_s
         waiting = await run_in_threadpool(_waiting, self.db)
-        missing = set(waiting) - await self._in_broker() if waiting else set()
+        queues = sorted({queue for _, queue in waiting.values()})
+        missing = set(waiting) - await self._in_broker(queues) if waiting else set()
         resend = sorted(missing & self.suspects)
         self.suspects = missing - self.suspects
         for task, ident in resend:
             log.warning("%s %s: waiting for a worker but not in the queue; queuing it again", task, ident)
-            await self._send(task, [ident, *waiting[task, ident]])
+            args, queue = waiting[task, ident]
+            await self._send(task, [ident, *args], queue)
         return [ident for _, ident in resend]
 
-    async def _in_broker(self) -> set[tuple[str, str]]:
+    async def say_what_runs_wait_for(self) -> list[tuple[str, str | None]]:
+        """Each waiting run on several devices that no connected worker can serve says so."""
+        devices, gone = capacity.live_devices(await self.r.hgetall(TRAIN_WORKERS))
+        if gone:
+            await self.r.hdel(TRAIN_WORKERS, *gone)
+        changed = await run_in_threadpool(_say_what_runs_wait_for, self.db, devices)
+        for run_id, reason in changed:
+            log.info("run %s: %s", run_id, reason or "a worker that can serve it is connected")
+        return changed
+
+    async def _in_broker(self, queues: list[str]) -> set[tuple[str, str]]:
         """(task, first argument) of our messages in the queues or delivered but not yet
         acknowledged, in kombu's Redis layout: a list per queue, the hash `unacked` of
         [message, exchange, routing key]."""
-        raws = [*await self.r.lrange(TRAIN_QUEUE, 0, -1), *await self.r.lrange(PREPARE_QUEUE, 0, -1)]
+        raws = [raw for queue in queues for raw in await self.r.lrange(queue, 0, -1)]
         raws += await self.r.hvals(UNACKED)
         found = set()
         for raw in raws:
@@ -208,8 +245,7 @@ class Reaper:
                 continue  # not a message of ours
         return found
 
-    async def _send(self, task: str, args: list[Any]) -> None:
-        queue = TRAIN_QUEUE if task == TRAIN_TASK else PREPARE_QUEUE
+    async def _send(self, task: str, args: list[Any], queue: str) -> None:
         try:
             await run_in_threadpool(self.celery.send_task, task, args=args, queue=queue)
         except Exception as e:

@@ -37,6 +37,23 @@ def prune_key(run_id: str) -> str:
 SWEEP_CONTROLLER = "sweeps:controller"
 
 
+def group_key(run_id: str) -> str:
+    """A run on several machines: where its group meets (rendezvous endpoint, rank 0's line to
+    the worker holding the run, the config), for the attempt that published it."""
+    return f"run:{run_id}:group"
+
+
+def group_leaving_key(run_id: str, attempt: int) -> str:
+    """Set by a worker of the group (not the one holding the run) that is shutting down: the
+    group checkpoints and the run goes back to the queue."""
+    return f"run:{run_id}:group:{attempt}:leaving"
+
+
+# Training workers and the devices each owns: a hash {node name: JSON {"devices", "kind",
+# "until"}}, each entry renewed by its worker; one not renewed by "until" is gone.
+TRAIN_WORKERS = "workers:train"
+
+
 def sample_reply_key(request_id: str) -> str:
     """A sampling request's answer: a list the worker RPUSHes and the API BLPOPs."""
     return f"sample:{request_id}"

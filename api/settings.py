@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)  # None: the cores this process may use
     visibility_timeout_s: int = Field(default=3600, ge=10)
     keep_checkpoints: int = Field(default=5, ge=1)  # per run, by iter (ckpt-<iter>.pt); the best is kept too
+    # A run on several machines: the workers that take it meet within this many seconds, or
+    # the run goes back to the queue. node_addr: where the other machines reach this worker
+    # (None: this machine's hostname).
+    rendezvous_timeout_s: float = Field(default=120.0, ge=1)
+    node_addr: str | None = None
 
     # Leases (worker/lease.py, api/reaper.py): a training worker renews its run's lease every lease_ttl_s / 3;
     # a lease not renewed for lease_ttl_s means the worker is gone and the reaper (in the API)

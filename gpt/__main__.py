@@ -2,12 +2,15 @@
 
 The one place in gpt/ that prints. `train` takes nanoGPT's options unchanged and prints
 nanoGPT's familiar lines, with evaluation and checkpoint times on lines of their own.
+Under torchrun (`torchrun --standalone --nproc_per_node=2 -m gpt train ...`) every rank
+runs it and rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -40,8 +43,13 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 def cmd_train(args: list[str]) -> int:
     from gpt.config import ConfigError, make_config
 
+    overrides = parse_overrides(args)
+    if "LOCAL_WORLD_SIZE" in os.environ:  # under torchrun: its world is the run's
+        local, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
+        overrides.setdefault("nproc_per_node", local)
+        overrides.setdefault("nnodes", world // local)
     try:
-        cfg = make_config(parse_overrides(args))
+        cfg = make_config(overrides)
     except ConfigError as e:
         for field, reason in e.errors.items():
             print(f"error: {field}: {reason}", file=sys.stderr)
@@ -58,13 +66,13 @@ def cmd_train(args: list[str]) -> int:
         print("\nstopping after this iteration (checkpoint first); Ctrl-C again to abort", file=sys.stderr)
 
     signal.signal(signal.SIGINT, on_sigint)
-    status = "failed"
+    status = None  # stays None on the ranks other than 0, which train without a word
     for ev in train(cfg, should_stop=lambda: stop):
         for line in format_event(ev):
             print(line, flush=True)
         if ev["type"] == "status":
             status = ev["status"]
-    return {"succeeded": 0, "cancelled": 130}.get(status, 1)
+    return {"succeeded": 0, "cancelled": 130, None: 0}.get(status, 1)
 
 
 def cmd_sample(args: list[str]) -> int:

@@ -21,6 +21,9 @@ from typing import Any, TypedDict
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("nccl", "gloo")  # torch.distributed's: NVIDIA's collectives on CUDA, gloo's on CPU
+MAX_NPROC_PER_NODE = 64  # beyond any machine's device count
+MAX_NNODES = 1024
 TOKENIZERS = ("char", "gpt2")
 # Where a run's weights come from: random, its own out_dir's checkpoint, or a pretrained
 # GPT-2 (Hugging Face's weights, nanoGPT's names for them: n_layer, n_head, n_embd). The API
@@ -131,7 +134,9 @@ class TrainConfig:
         "built-in name; through the API a dataset of yours (its id or name); on the command line a path: "
         "a UTF-8 text file, or a prepared directory (train.bin, val.bin, and meta.pkl for characters)",
     )
-    gradient_accumulation_steps: int = _data(40, "nanoGPT's 5 * 8 (it divides by world size; we run one process)")
+    gradient_accumulation_steps: int = _data(
+        40, "nanoGPT's 5 * 8: micro-steps per iteration over all ranks, divided among them (world size must divide it)"
+    )
     batch_size: int = _data(12, "micro-batch size when gradient_accumulation_steps > 1")
     block_size: int = _data(1024, "context length, in tokens")
 
@@ -156,6 +161,9 @@ class TrainConfig:
     device: str = _system("auto", "cuda > mps > cpu")
     dtype: str = _system("auto", "bfloat16 where supported, else float16 on CUDA; float32 elsewhere")
     compile: bool | None = _system(None, "None: on for CUDA, off elsewhere")
+    backend: str | None = _system(None, "torch.distributed's: 'nccl' or 'gloo'; None: nccl on CUDA, gloo on CPU")
+    nproc_per_node: int = _system(1, "processes per machine, one device each (torchrun's --nproc_per_node)")
+    nnodes: int = _system(1, "machines the run spans (torchrun's --nnodes)")
 
     seed: int = _ours(1337, "seeds the weights' init, the batches and dropout")
     peak_flops: float | None = _ours(None, "overrides the device table for MFU")
@@ -170,7 +178,11 @@ class TrainConfig:
         return BUILTIN_DATASETS.get(self.dataset, {}).get("tokenizer", "char")
 
     def tokens_per_iter(self) -> int:
+        """Every rank's: gradient_accumulation_steps counts the micro-steps of all of them."""
         return self.gradient_accumulation_steps * self.batch_size * self.block_size
+
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,6 +225,8 @@ def _coerce(name: str, value: Any) -> Any:
         value = value.strip()
         if optional and value.lower() in ("none", "null"):
             return None
+    elif isinstance(value, str) and optional and value.strip().lower() in ("none", "null"):
+        return None  # `--backend=None` on the command line, as to_dict() writes the default out
     if value is None:
         if optional:
             return None
@@ -479,6 +493,19 @@ def check(cfg: TrainConfig, *, max_params: int | None = None, vocab_size: int | 
         )
     if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
         e["device"] = f"must be one of {', '.join(DEVICES)} or cuda:N (got {cfg.device!r})"
+    if cfg.backend is not None and cfg.backend not in BACKENDS:
+        e["backend"] = f"must be one of {', '.join(BACKENDS)}, or null to choose by device (got {cfg.backend!r})"
+    elif cfg.backend == "nccl" and cfg.device in ("cpu", "mps"):
+        e["backend"] = f"nccl runs on CUDA devices only; use gloo with device {cfg.device}"
+    for name, most in (("nproc_per_node", MAX_NPROC_PER_NODE), ("nnodes", MAX_NNODES)):
+        if not 1 <= getattr(cfg, name) <= most:
+            e[name] = f"must be between 1 and {most} (got {getattr(cfg, name)})"
+    world = cfg.world_size()
+    if world > 1 and cfg.gradient_accumulation_steps > 0 and cfg.gradient_accumulation_steps % world:
+        e["gradient_accumulation_steps"] = (
+            f"must be divisible by the world size, nproc_per_node x nnodes = {cfg.nproc_per_node} x {cfg.nnodes} "
+            f"= {world} (got {cfg.gradient_accumulation_steps}): each rank runs an equal share of the micro-steps"
+        )
     if cfg.dtype not in DTYPES:
         e["dtype"] = f"must be one of {', '.join(DTYPES)} (got {cfg.dtype!r})"
     if cfg.tokenizer is not None and cfg.tokenizer not in TOKENIZERS:

@@ -14,6 +14,11 @@ gpt.readings.
 Timing is honest: `step_ms` covers one optimisation step (data, forward, backward,
 update) and ends after the device has finished it; evaluation and checkpointing are timed
 on their own (`eval_ms`, `ckpt_ms`) and never leak into a step.
+
+Started by a launcher (torchrun, torch.distributed.launcher), every rank runs this same
+loop as nanoGPT's does under DDP (gpt.ddp): seed + rank, its share of the micro-steps and
+of the evaluation batches, gradients averaged on the last micro-step; rank 0 alone yields
+events and writes checkpoints, and its stop decision is every rank's.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 import torch
 
 from gpt import checkpoint as ckpt
-from gpt import hf, readings
+from gpt import ddp, hf, readings
 from gpt.config import ARCH, GPT2_VOCAB_SIZE, PRETRAINED, TrainConfig
 from gpt.data import prepare
 from gpt.flops import flops_per_token, peak_flops
@@ -92,11 +97,33 @@ def train(
     written checkpoint replaces the previous one; an exception from it (or from
     should_stop) leaves the files as they were and ends the iterator with that exception.
     out is the store out_dir names, where the caller has one made already (its options).
+
+    Under a launcher, should_stop and before_save are called on rank 0 only, and only rank
+    0 yields: the iterator of every other rank trains to the end and yields nothing.
     """
     if num_threads:
         torch.set_num_threads(num_threads)
-    should_stop = should_stop or (lambda: False)
-    run = _Run(cfg, data_dir, before_save, out)
+    group = ddp.Group.join(cfg, resolve_device(cfg)[0])
+    try:
+        events = _loop(cfg, group, group.decide(should_stop or (lambda: False)), data_dir, before_save, out)
+        if group.main:
+            yield from events
+        else:
+            for _ in events:
+                pass
+    finally:
+        group.leave()
+
+
+def _loop(
+    cfg: TrainConfig,
+    group: ddp.Group,
+    should_stop: Callable[[], bool],
+    data_dir: str | Path | None,
+    before_save: Callable[[], None] | None,
+    out: Store | None,
+) -> Iterator[Event]:
+    run = _Run(cfg, data_dir, before_save, group, out)
     yield run.started()
     try:
         while True:
@@ -114,6 +141,8 @@ def train(
             yield from run.log(loss, lr, step_ms)
             run.iter_num += 1
     except torch.OutOfMemoryError:
+        if not group.main:
+            raise  # its traceback names this rank; the worker reports the rank that died
         yield run.out_of_memory()
 
 
@@ -125,22 +154,27 @@ class _Run:
         cfg: TrainConfig,
         data_dir: str | Path | None,
         before_save: Callable[[], None] | None,
+        group: ddp.Group = ddp.SOLO,
         out: Store | None = None,
     ):
+        self.group = group
         dev, self.dtype, self.compile = resolve_device(cfg)
+        dev = group.own_device(dev)
         self.device = torch.device(dev)
         # As events name it: the GPU's model ("NVIDIA H100 80GB HBM3"), else cpu or mps.
         self.device_name = torch.cuda.get_device_name(self.device) if dev.startswith("cuda") else self.device.type
         # One RNG for init, batches and dropout, drawn in nanoGPT's order (init, first batch,
         # eval, then per micro-step: forward, next batch, backward), so that the same command
-        # and seed give nanoGPT's own batches and very nearly its numbers.
-        torch.manual_seed(cfg.seed)
+        # and seed give nanoGPT's own batches and very nearly its numbers. Each rank its own
+        # stream (seed + rank), as in nanoGPT; DDP then gives them all rank 0's weights.
+        torch.manual_seed(cfg.seed + group.rank)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         self.data = prepare(cfg.dataset, cfg.resolved_tokenizer(), data_dir)
         # out_dir: a directory, as in nanoGPT, or a run's folder of an object store (a URL).
         self.out, self.before_save = out or ckpt.at(cfg.out_dir), before_save
-        ckpt.remove_partial(self.out)  # a save killed midway; ckpt.pt is still the one before
+        if group.main:
+            ckpt.remove_partial(self.out)  # a save killed midway; ckpt.pt is still the one before
         saved = None
         if cfg.init_from == "resume" and self.out.exists(ckpt.LATEST):
             saved = ckpt.load_from(self.out, ckpt.LATEST, self.device)
@@ -174,6 +208,7 @@ class _Run:
         self.step_model: torch.nn.Module = self.model
         if self.compile:
             self.step_model = torch.compile(self.model)  # type: ignore[assignment]
+        self.ddp = group.wrap(self.step_model)  # the training step's module under a launcher
         self.ctx = _autocast(self.device, self.dtype)
 
         # Where the loop is; a checkpoint holds all of it.
@@ -192,7 +227,9 @@ class _Run:
             flops_per_token(self.model.num_params(), mc.n_layer, mc.n_head, mc.n_embd // mc.n_head, mc.block_size)
             * cfg.tokens_per_iter()
         )
-        self.peak = cfg.peak_flops or peak_flops(self.device_name, self.dtype)
+        # The group's peak: every rank's device does its share of each iteration's FLOPs.
+        one = cfg.peak_flops or peak_flops(self.device_name, self.dtype)
+        self.peak = one * group.world_size if one else None
         setup = {"device": self.device_name, "compiled": self.compile, "dtype": self.dtype}
         setup |= {"batch_size": cfg.batch_size, "block_size": cfg.block_size, "n_embd": cfg.n_embd}
         self.watch = _Watch(flops_per_iter, self.peak, self.iter_num, setup)
@@ -215,7 +252,7 @@ class _Run:
             self.evals.append((ev["iter"], ev["train_loss"], ev["val_loss"]))
             if message := self.watch.overfitting(self.evals, self.best_val_loss):
                 yield self._warning("overfitting", message)
-            if cfg.sample_prompts:
+            if cfg.sample_prompts and self.group.main:
                 yield from self._samples()
             if self.iter_num > 0 and not cfg.eval_only:
                 improved = ev["val_loss"] < self.best_val_loss
@@ -234,14 +271,17 @@ class _Run:
 
     def step(self, lr: float) -> tuple[float, float]:
         """One optimisation step; returns (mean loss over micro-steps, wall ms)."""
-        cfg, model, opt = self.cfg, self.step_model, self.optimizer
+        cfg, opt = self.cfg, self.optimizer
+        model = self.step_model if self.ddp is None else self.ddp
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr
-        gas = cfg.gradient_accumulation_steps
+        gas = cfg.gradient_accumulation_steps // self.group.world_size  # this rank's share
         total = None
         x, y = self.batch
-        for _ in range(gas):
+        for micro in range(gas):
+            if self.ddp is not None:  # average the gradients once, on the last micro-step (nanoGPT's way)
+                self.ddp.require_backward_grad_sync = micro == gas - 1
             with self.ctx:
                 _, loss = model(x, y)
                 loss = loss / gas  # the gradient of the mean over micro-steps
@@ -256,7 +296,8 @@ class _Run:
         self.scaler.step(opt)
         self.scaler.update()
         opt.zero_grad(set_to_none=True)
-        lossf = total.item()  # type: ignore[union-attr]  # the one host sync of the step
+        # Over every rank's micro-batches: the loss one process drawing them all would see.
+        lossf = self.group.mean(total).item()  # type: ignore[arg-type]  # the one host sync of the step
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return lossf, (time.perf_counter() - t0) * 1e3
@@ -304,8 +345,11 @@ class _Run:
         A long evaluation must not hold up a cancel, so should_stop is asked between
         batches. Stopping puts the RNG back as it was before the evaluation: the checkpoint
         then resumes into this same evaluation, batch for batch.
+
+        The ranks share the batches (rank r takes rounds i where i * world + r < eval_iters)
+        and sum their losses; each asks should_stop in every round, its share done or not.
         """
-        cfg = self.cfg
+        cfg, rank, world = self.cfg, self.group.rank, self.group.world_size
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
@@ -314,22 +358,34 @@ class _Run:
         out: dict[str, float] = {}
         for split in ("train", "val"):
             total = torch.zeros((), device=self.device)
-            for _ in range(cfg.eval_iters):
+            for i in range(-(-cfg.eval_iters // world)):
                 if should_stop():
                     torch.set_rng_state(rng)  # batches come from the CPU generator only
                     self.model.train()
                     return None
+                if i * world + rank >= cfg.eval_iters:
+                    continue
                 x, y = self.draw(split)
                 with self.ctx:
                     _, loss = self.step_model(x, y)
                 total += loss.float()
-            out[split] = (total / cfg.eval_iters).item()
+            out[split] = (self.group.sum(total) / cfg.eval_iters).item()
         self.model.train()
         eval_ms = (time.perf_counter() - t0) * 1e3
         return _event("eval", iter=self.iter_num, train_loss=out["train"], val_loss=out["val"], eval_ms=eval_ms)
 
     def _checkpoint(self, val_loss: float | None, *, best: bool) -> Event:
+        """Rank 0 writes it, holding every rank's RNG and next batch (each resumes as it was);
+        the other ranks only hand theirs over."""
         t0 = time.perf_counter()
+        mine = {
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else [],
+            "batch": [t.cpu() for t in self.batch],
+        }
+        ranks = self.group.gather(mine)
+        if not self.group.main:
+            return _event("checkpoint", iter=self.iter_num)  # rank 0's says it all; this one goes nowhere
         state: dict[str, Any] = {
             "model": ckpt.model_state(self.model),
             "optimizer": self.optimizer.state_dict(),
@@ -340,12 +396,11 @@ class _Run:
             "config": self.cfg.to_dict(),
             "tokenizer": self.data.tokenizer.meta(),
             "resume": {
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-                "batch": [t.cpu() for t in self.batch],
+                **mine,  # rank 0's; "ranks" has them all
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 "evaluated": self.evaluated_at == self.iter_num,
                 "evals": [list(e) for e in self.evals],
+                **({"ranks": ranks} if self.group.world_size > 1 else {}),
             },
         }
         if self.gelu != "exact":
@@ -373,14 +428,19 @@ class _Run:
         state = saved.get("resume")
         if state is None:
             self.exact = False
-            torch.manual_seed(self.cfg.seed + self.iter_num)
+            torch.manual_seed(self.cfg.seed + self.group.rank + self.iter_num)
             self.batch = self.draw("train")
             return
-        state = saved["resume"]
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state.get("cuda_rng") and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self.batch = (state["batch"][0].to(self.device), state["batch"][1].to(self.device))
+        ranks = state.get("ranks") or [state]  # each rank's RNG and next batch
+        if len(ranks) == self.group.world_size:
+            mine = ranks[self.group.rank]
+            torch.set_rng_state(mine["torch_rng"].cpu())
+            if mine.get("cuda_rng") and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda_rng"][0].cpu(), self.device)
+            self.batch = (mine["batch"][0].to(self.device), mine["batch"][1].to(self.device))
+        else:  # another world size: the weights and moments carry over, the batches start afresh
+            torch.manual_seed(self.cfg.seed + self.group.rank + self.iter_num)
+            self.batch = self.draw("train")
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.evaluated_at = self.iter_num if state["evaluated"] else None
@@ -404,6 +464,8 @@ class _Run:
     # --- events -------------------------------------------------------------------------
     def started(self) -> Event:
         where = f"{self.device_name} ({self.dtype}{', compiled' if self.compile else ''})"
+        if self.group.world_size > 1:
+            where = f"{self.group.world_size} x {where}"
         reason = f"training {self.model.num_params(False) / 1e6:.2f}M parameters on {where}"
         if self.resumed_from is not None and not self.exact:
             reason = (
@@ -425,6 +487,7 @@ class _Run:
             n_params=self.model.num_params(False),
             tokens_per_iter=self.cfg.tokens_per_iter(),
             peak_flops=self.peak,
+            world_size=self.group.world_size,
         )
         if self.resumed_from is not None:
             ev["from_iter"] = self.resumed_from

@@ -56,6 +56,7 @@ __all__ = [
     "is_final",
     "pg_bin",
     "postgres_server",
+    "rank_pids",
     "redis_server",
     "s3_server",
     "service_env",
@@ -187,10 +188,32 @@ class Proc:
 
         wait_for(there, timeout, f"{self.name} to log {needle.strip()!r}")
 
+    def ranks(self) -> dict[int, int]:
+        """The ranks this worker's launcher runs now: {global rank: pid}."""
+        return rank_pids(self.pid) if self.alive() else {}
+
     def cpu_s(self) -> float:
         """User + system CPU seconds so far: a cost that contention on a shared machine cannot inflate."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rank_pids(parent: int) -> dict[int, int]:
+    """The `python -m worker.rank` children of a worker process: {global rank: pid}."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            if b"worker.rank" not in (d / "cmdline").read_bytes():
+                continue
+            env = dict(kv.split(b"=", 1) for kv in (d / "environ").read_bytes().split(b"\0") if b"=" in kv)
+            found[int(env[b"RANK"])] = int(d.name)
+        except (OSError, KeyError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return found
 
 
 # --- the whole service ----------------------------------------------------------------------
@@ -333,12 +356,15 @@ class Stack:
     def api_log(self) -> str:
         return self.api_proc.tail() if self.api_proc else ""
 
-    def start_worker(self, queue: str = "train", wait: bool = True, env: Mapping[str, str] | None = None) -> Proc:
+    def start_worker(
+        self, queue: str = "train", wait: bool = True, *, nproc: int | None = None, env: Mapping[str, str] | None = None
+    ) -> Proc:
         """A Celery worker on queue; logs/train.log for the first, train2.log, ... after it.
+        nproc: a training worker owning that many CPU ranks (`gptjobs worker --nproc N`).
         env: settings of its own over the stack's (a data directory no other process shares)."""
         n = sum(w.name.rstrip("0123456789") == queue for w in self.workers) + 1
         name = queue if n == 1 else f"{queue}{n}"
-        p = self.start(name, worker_argv(queue, name=f"{name}@test"), env)
+        p = self.start(name, worker_argv(queue, name=f"{name}@test", nproc=nproc), env)
         self.workers.append(p)
         if wait:
             self.wait_worker(p)

@@ -26,7 +26,7 @@ import redis
 from sqlalchemy import func, select, update
 
 from api.db import CURRENT, Database, E, Event, R, Run, dumps, event_row, insert_events, tail_seq
-from api.lifecycle import RUNNING, RUNS, is_final, seq_floor
+from api.lifecycle import RECOVERING, RUNNING, RUNS, is_final, seq_floor
 from api.redis_keys import cancel_key, lease_key, prune_key, stream_key
 from api.settings import Settings
 from worker.lease import XADD_SCRIPT, Lease, LeaseLost
@@ -97,9 +97,17 @@ class EventSink:
                 s.execute(update(Run).where(R.id == self.run_id).values(reason=status.get("reason")))
             elif status is not None:
                 # The guard holds the row, so this attempt's own move cannot lose a race; it
-                # ends the attempt, and gives back the seqs reserved but not used.
+                # ends the attempt, and gives back the seqs reserved but not used. Recovering
+                # (a rank of its group died) uses up one of the run's restarts.
+                more = {"restarts": R.restarts + 1} if status["status"] == RECOVERING else {}
                 moved = RUNS.move(
-                    s, self.run_id, status["status"], frm=[RUNNING], reason=status.get("reason"), seq_reserved=self.seq
+                    s,
+                    self.run_id,
+                    status["status"],
+                    frm=[RUNNING],
+                    reason=status.get("reason"),
+                    seq_reserved=self.seq,
+                    **more,
                 )
                 assert moved, f"run {self.run_id}: the guarded move to {status['status']} did not happen"
 

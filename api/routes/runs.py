@@ -29,7 +29,7 @@ from api.diagnostics import diagnose
 from api.lifecycle import ACTIVE, CANCELLED, FAILED, PRUNED, QUEUED, RUN_STATES, RUNS, TERMINAL, WAITING
 from api.limits import invalid
 from api.progress import glances, progress
-from api.queue import TRAIN_QUEUE, TRAIN_TASK
+from api.queue import TRAIN_TASK, train_queue
 from api.redis_keys import cancel_key, prune_key, stream_key
 from api.relay import publish
 from api.routes.config import check_config
@@ -130,7 +130,7 @@ def queue_run(db: Database, celery: Celery, run: Run) -> Exception | None:
     """Send an added run to the training queue. If that fails, the run ends `failed` saying
     why, and the error is returned."""
     try:
-        celery.send_task(TRAIN_TASK, args=[run.id], queue=TRAIN_QUEUE)
+        celery.send_task(TRAIN_TASK, args=[run.id], queue=train_queue(run.config))  # to a worker with its devices
     except Exception as e:
         reason = f"could not queue the run: {e}"
         with db.transaction() as s:

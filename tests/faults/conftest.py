@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -232,7 +233,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     rows: list[Row] = config.stash.get(ROWS, [])
     if not rows:
         return
-    rows = sorted(rows, key=lambda r: r.fault)  # by case number
+    rows = sorted(rows, key=lambda r: (int(n.group()) if (n := re.match(r"\d+", r.fault)) else 0, r.fault))  # by case
     terminalreporter.section("fault injection")
     for line in report_lines(rows):
         terminalreporter.write_line(line)

@@ -24,3 +24,10 @@ def test_compose_file_is_valid() -> None:
     services = subprocess.run([*compose, "config", "--services"], capture_output=True, text=True, timeout=60)
     expected = {"redis", "postgres", "migrate", "api", "train-worker", "sample-worker", "prepare-worker"}
     assert expected <= set(services.stdout.split())
+    # One training worker per machine, owning all of its GPUs; a run takes as many as it asks for.
+    import yaml
+
+    train = yaml.safe_load(out.stdout)["services"]["train-worker"]
+    assert train["command"][-2:] == ["--gpus", "all"], train["command"]
+    (gpus,) = train["deploy"]["resources"]["reservations"]["devices"]
+    assert gpus["count"] == "all" and "device_ids" not in gpus, gpus

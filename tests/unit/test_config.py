@@ -43,6 +43,10 @@ def test_nanogpt_defaults_and_recipe() -> None:
         ({"device": "tpu"}, "device", "one of"),
         ({"init_from": "gpt2-xxl"}, "init_from", "must be one of scratch, resume, gpt2, gpt2-medium"),
         ({"bias": "maybe"}, "bias", "true or false"),
+        ({"backend": "mpi"}, "backend", "one of nccl, gloo"),
+        ({"backend": "nccl", "device": "cpu"}, "backend", "CUDA devices only"),
+        ({"nproc_per_node": 0}, "nproc_per_node", "between 1 and"),
+        ({"nnodes": 5000}, "nnodes", "between 1 and"),
     ],
 )
 def test_validation_names_field_and_reason(over: dict[str, object], field: str, words: str) -> None:
@@ -95,3 +99,17 @@ def test_each_config_has_its_own_list() -> None:
     a, b = TrainConfig(), TrainConfig()
     a.sample_prompts.append("ROMEO:")
     assert b.sample_prompts == []
+
+
+def test_world_size_must_divide_gradient_accumulation() -> None:
+    # nanoGPT asserts it; here it is a 422 naming both sides.
+    errs = errors(gradient_accumulation_steps=40, nproc_per_node=3)
+    reason = errs["gradient_accumulation_steps"]
+    assert "nproc_per_node x nnodes = 3 x 1 = 3" in reason and "got 40" in reason, reason
+    assert "nnodes" in errors(gradient_accumulation_steps=6, nproc_per_node=2, nnodes=2)["gradient_accumulation_steps"]
+    cfg = make_config({"gradient_accumulation_steps": 8, "nproc_per_node": 2, "nnodes": 2})
+    # gradient_accumulation_steps is global, so the tokens of an iteration count every rank.
+    assert cfg.world_size() == 4 and cfg.tokens_per_iter() == 8 * cfg.batch_size * cfg.block_size
+    assert make_config({"backend": "gloo", "device": "cpu"}).backend == "gloo"
+    assert TrainConfig().backend is None  # chosen from the device
+    assert make_config({"backend": "None"}).backend is None  # as `--backend=None` from to_dict() flags
