@@ -16,7 +16,7 @@ COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN pip install ".[postgres]"
+RUN pip install ".[postgres,s3]"
 
 # Celery warns when run as root, and nothing here needs root.
 RUN useradd --create-home --uid 1000 gptjobs && mkdir -p /data && chown gptjobs /data
