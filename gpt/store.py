@@ -93,7 +93,7 @@ class Store:
                 return None
             if not p.is_file():
                 return None
-            return Info(st.st_size, f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}", st.st_mtime)
+            return Info(st.st_size, file_version(st), st.st_mtime)
         try:
             d = self.fs.info(self._remote(key))
         except FileNotFoundError:
@@ -288,6 +288,11 @@ class Store:
             return
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self._remote(prefix), recursive=True)
+
+
+def file_version(st: os.stat_result) -> str:
+    """A file's version, as Info.version gives it in a directory (an open file's fstat too)."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
 
 
 def _clean(key: str) -> str:

@@ -24,7 +24,7 @@ from api.queue import SAMPLE_REPLY_TTL_S, SAMPLE_TASK
 from api.redis_keys import sample_reply_key, sample_stop_key
 from api.settings import get_settings
 from gpt import checkpoint as ckpt
-from gpt.store import Store
+from gpt.store import Store, file_version
 from worker.app import app, redis_client
 
 if TYPE_CHECKING:
@@ -51,8 +51,7 @@ class Models:
         # (os.replace) can never be cached under the other file's identity.
         with open(p, "rb") if p is not None else store.open(name) as f:
             if p is not None:
-                st = os.fstat(f.fileno())
-                version = f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+                version = file_version(os.fstat(f.fileno()))
             else:
                 info = store.info(name)
                 if info is None:
