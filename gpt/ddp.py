@@ -10,7 +10,7 @@ nanoGPT's semantics: the launcher decides the world; rank 0 is the one that spea
 checkpoints); gradients are averaged by DistributedDataParallel on the last micro-step only.
 Every rank must make the same calls in the same order, so anything that decides the loop's
 path (a stop, a NaN, an improved val loss) is either computed from all-reduced numbers or
-broadcast from rank 0 (`decide`).
+sent from rank 0 (`decide` between evaluation batches, `reduce_step` in a step).
 """
 
 from __future__ import annotations
@@ -95,15 +95,29 @@ class Group:
 
         return decided
 
+    def reduce_step(self, loss_sum: torch.Tensor, stop: bool) -> Callable[[], tuple[float, bool]]:
+        """A step's one collective, started now; the call it returns waits for it and gives
+        (loss_sum averaged over the ranks, stop as rank 0 said it). One all-reduce of both
+        rather than a broadcast of its own: each collective is a point where every rank waits
+        for the slowest, and started before the optimizer's update it overlaps that."""
+        if not self.distributed:
+            return lambda: (loss_sum.item(), stop)
+        flag = torch.tensor(1.0 if self.main and stop else 0.0, device=loss_sum.device)
+        t = torch.stack([loss_sum.float(), flag])
+        work = dist.all_reduce(t, async_op=True)
+
+        def done() -> tuple[float, bool]:
+            work.wait()
+            total, stops = t.tolist()
+            return total / self.world_size, stops > 0
+
+        return done
+
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         """t summed over the ranks (in place)."""
         if self.distributed:
             dist.all_reduce(t)
         return t
-
-    def mean(self, t: torch.Tensor) -> torch.Tensor:
-        """t averaged over the ranks (gloo has no AVG: a sum, divided)."""
-        return self.sum(t) / self.world_size if self.distributed else t
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's obj, in rank order, on every rank."""

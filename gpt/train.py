@@ -105,7 +105,7 @@ def train(
         torch.set_num_threads(num_threads)
     group = ddp.Group.join(cfg, resolve_device(cfg)[0])
     try:
-        events = _loop(cfg, group, group.decide(should_stop or (lambda: False)), data_dir, before_save, out)
+        events = _loop(cfg, group, should_stop or (lambda: False), data_dir, before_save, out)
         if group.main:
             yield from events
         else:
@@ -125,16 +125,20 @@ def _loop(
 ) -> Iterator[Event]:
     run = _Run(cfg, data_dir, before_save, group, out)
     yield run.started()
+    # Every rank must stop at the same point. Between evaluation batches (rare) rank 0's
+    # answer is broadcast; in a step it rides on the step's all-reduce of the loss.
+    decided = group.decide(should_stop)
+    stopping = decided()
     try:
         while True:
-            ended = yield from run.eval_and_checkpoint(should_stop)
+            ended = yield from run.eval_and_checkpoint(decided)
             if ended:
                 return
-            if should_stop():
+            if stopping:
                 yield from run.cancelled()
                 return
             lr = lr_at(run.iter_num, run.cfg)
-            loss, step_ms = run.step(lr)
+            loss, step_ms, stopping = run.step(lr, should_stop)
             if not math.isfinite(loss):
                 yield from run.diverged(loss, lr)
                 return
@@ -269,8 +273,9 @@ class _Run:
             )
         return final
 
-    def step(self, lr: float) -> tuple[float, float]:
-        """One optimisation step; returns (mean loss over micro-steps, wall ms)."""
+    def step(self, lr: float, should_stop: Callable[[], bool] = lambda: False) -> tuple[float, float, bool]:
+        """One optimisation step; returns (mean loss over micro-steps, wall ms, whether to stop
+        now: should_stop, asked once on rank 0, its answer every rank's)."""
         cfg, opt = self.cfg, self.optimizer
         model = self.step_model if self.ddp is None else self.ddp
         t0 = time.perf_counter()
@@ -290,17 +295,19 @@ class _Run:
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
         self.batch = (x, y)
+        # Over every rank's micro-batches: the loss one process drawing them all would see.
+        # Started now, it travels while the optimizer updates.
+        reduced = self.group.reduce_step(total, self.group.main and should_stop())  # type: ignore[arg-type]
         if cfg.grad_clip:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(opt)
         self.scaler.update()
         opt.zero_grad(set_to_none=True)
-        # Over every rank's micro-batches: the loss one process drawing them all would see.
-        lossf = self.group.mean(total).item()  # type: ignore[arg-type]  # the one host sync of the step
+        lossf, stop = reduced()  # the one host sync of the step
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return lossf, (time.perf_counter() - t0) * 1e3
+        return lossf, (time.perf_counter() - t0) * 1e3, stop
 
     def log(self, loss: float, lr: float, step_ms: float) -> Iterator[Event]:
         """The iter event every log_interval, and the low-MFU warning when it is due."""

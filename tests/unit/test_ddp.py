@@ -134,16 +134,17 @@ def test_two_ranks_train_as_one_process_drawing_their_batches_and_resume_exactly
     got = iter_losses(events)
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-5, (got, want)
 
-    # Stopped after 6 iterations, then resumed with the same world size: the same losses,
-    # because each rank gets back its own RNG and next batch.
+    # Stopped once 6 iter events are out (asked at the end of step 6, so 7 iterations ran),
+    # then resumed with the same world size: the same losses, because each rank gets back
+    # its own RNG and next batch.
     out = tmp_path / "b"
     stopped = launch(tmp_path, CONFIG | {"out_dir": str(out)}, data_dir, stop_after=6)[0]
-    assert stopped[-1]["status"] == "cancelled" and stopped[-2]["iter"] == 6, stopped[-2:]
+    assert stopped[-1]["status"] == "cancelled" and stopped[-2]["iter"] == 7, stopped[-2:]
     saved = ckpt.load(out / ckpt.LATEST)
     assert len(saved["resume"]["ranks"]) == WORLD
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in saved["model"])  # nanoGPT loads it
     rest = launch(tmp_path, CONFIG | {"out_dir": str(out), "init_from": "resume"}, data_dir)[0]
-    assert rest[0]["from_iter"] == 6
+    assert rest[0]["from_iter"] == 7
     assert iter_losses(stopped) + iter_losses(rest) == got
     evals = [e["val_loss"] for e in rest if e["type"] == "eval"]
     assert evals == [e["val_loss"] for e in events if e["type"] == "eval"][2:]  # iters 8 and 12

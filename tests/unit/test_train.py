@@ -156,7 +156,9 @@ def test_exact_resume(tiny, data_dir: Path, tmp_path: Path) -> None:
 def test_cancel_writes_checkpoint_then_resumes_exactly(tiny, data_dir: Path, tmp_path: Path) -> None:
     straight = run(tiny(max_iters=12, out_dir=str(tmp_path / "a"), dropout=0.1), data_dir)
     events = run_until(tiny(max_iters=12, out_dir=str(tmp_path / "b"), dropout=0.1), data_dir, 7)
-    assert events[-1]["status"] == "cancelled" and of(events, "checkpoint")[-1]["iter"] == 7
+    # should_stop is asked at the end of each step, before its iter event: 7 events are out
+    # when step 7 asks, so step 7 is the last and the checkpoint resumes at 8.
+    assert events[-1]["status"] == "cancelled" and of(events, "checkpoint")[-1]["iter"] == 8
     rest = run(tiny(max_iters=12, out_dir=str(tmp_path / "b"), dropout=0.1, init_from="resume"), data_dir)
     got = [e["loss"] for e in of(events, "iter") + of(rest, "iter")]
     assert got == [e["loss"] for e in of(straight, "iter")]  # dropout RNG restored too
