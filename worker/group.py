@@ -19,6 +19,7 @@ with it (worker/rank.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 ANSWERED = ("ok",)
 STDERR_LINES = 6  # of a dead rank's stderr, in the run's reason
 POLL_S = 0.05  # how often the lead looks at the line, the agent and the stop flags when quiet
-ENDING_S = 60.0  # for the agent to stop the other ranks once rank 0 has ended
+ENDING_S = 30.0  # for the other ranks to end once rank 0 has sent its final status
 
 
 class GroupError(Exception):
@@ -235,12 +236,40 @@ class Group:
         self.thread.join(timeout)
         return not self.thread.is_alive()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Hang up on rank 0 (which then stops, and the agent ends the rest), wait for it."""
+    def close(self, timeout: float = 15.0) -> None:
+        """Hang up on rank 0 (which then stops, and the agent ends the rest), wait for it;
+        kill this machine's ranks that are still there after timeout. A rank can wait in a
+        collective for one that has gone (rank 0 out of memory alone; NCCL then waits its
+        whole timeout, minutes): it must not keep its device from the worker's next run."""
         if self.end is not None:
             self.end.close()
         if self.thread.is_alive() and not self.wait(timeout):
-            log.warning("run %s: its ranks did not end within %.0f s of the close", self.plan.run_id, timeout)
+            killed = self.kill_ranks()
+            log.warning(
+                "run %s: its ranks did not end within %.0f s of the close; killed pids %s",
+                self.plan.run_id,
+                timeout,
+                killed,
+            )
+            self.wait(timeout)
+
+    def kill_ranks(self) -> list[int]:
+        """SIGKILL this group's ranks on this machine: this process's children running
+        worker.rank on the group's channel (the launcher starts them as our children)."""
+        me, channel = str(os.getpid()), self.plan.channel.encode()
+        killed = []
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:  # gone already
+                continue
+            ppid = stat[stat.rindex(")") + 2 :].split()[1]
+            if ppid == me and b"worker.rank" in args and channel in args:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(int(pid))
+        return killed
 
 
 def _threads(settings: Any, nproc: int) -> int:
