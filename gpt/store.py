@@ -197,11 +197,7 @@ class Store:
                     before_commit()
                 os.replace(tmp, p)
             else:
-                # An object store has no rename: the check runs just before the one PUT (or the
-                # completion of the multipart upload) that makes the object visible.
-                if before_commit is not None:
-                    before_commit()
-                self._upload(tmp, key)
+                self._upload(tmp, key, before_commit)
         finally:
             with contextlib.suppress(FileNotFoundError):  # renamed, or a new attempt cleaned up first
                 os.unlink(tmp)
@@ -210,18 +206,44 @@ class Store:
         """Store a copy of the local file src under key, whole or not at all (see staged).
         Returns the size."""
         if self.local_path(key) is None:
-            if before_commit is not None:
-                before_commit()
-            self._upload(os.fspath(src), key)
+            self._upload(os.fspath(src), key, before_commit)
         else:
             with self.staged(key, before_commit) as tmp:
                 shutil.copyfile(src, tmp)
         return src.stat().st_size
 
-    def _upload(self, src: str, key: str) -> None:
+    def _upload(self, src: str, key: str, before_commit: Callable[[], None] | None = None) -> None:
+        """An object store has no rename: before_commit runs just before what makes the object
+        visible. A file of up to one part goes in one PUT, after the check. On S3 a bigger one
+        goes up as a multipart upload whose parts are sent first, then the check, then the
+        completion; a check that refuses, or any failure, aborts the upload (no parts left).
+        Either way this process holds at most one part in memory."""
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        extra = {"chunksize": self.part_bytes} if self.part_bytes and "s3" in protocols else {}
-        self.fs.put_file(src, self._remote(key), **extra)
+        remote = self._remote(key)
+        if "s3" not in protocols:
+            if before_commit is not None:
+                before_commit()
+            self.fs.put_file(src, remote)
+            return
+        part = self.part_bytes or self.fs.blocksize
+        if os.path.getsize(src) <= part:
+            if before_commit is not None:
+                before_commit()
+            self.fs.pipe_file(remote, Path(src).read_bytes())
+            return
+        f = self.fs.open(remote, "wb", block_size=part, autocommit=False)
+        try:
+            with open(src, "rb") as r:
+                while chunk := r.read(part):
+                    f.write(chunk)
+            f.close()  # the last part sent; the upload is still open, nothing visible
+            if before_commit is not None:
+                before_commit()
+            f.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.discard()
+            raise
 
     def put_folder(self, src: Path, prefix: str, last: str) -> None:
         """The files of the local directory src as prefix/<name>, the folder complete once

@@ -247,7 +247,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.db_path = root / "gptjobs.db"
         self.database_url = database_url or f"sqlite:///{self.db_path}"
-        self.env = service_env(root, self.redis_url, self.database_url, **(env or {}))
+        self.env = service_env(root, self.redis_url, self.database_url, **{**test_store_env(root), **(env or {})})
         self.key: str | None = None  # the API key self.http sends, once `create_key(..., use=True)`
         self.procs: list[Proc] = []
         self.redis_proc: Proc | None = None
@@ -513,7 +513,33 @@ class Stack:
         return wait_for(there, timeout, f"run {run_id} at iter {at_least}", 0.01)
 
     def run_dir(self, run_id: str) -> Path:
+        """A run's folder where the artifacts are a directory (see `store` for either kind)."""
         return self.root / "runs" / run_id
+
+    @property
+    def store(self) -> Any:
+        """The stack's artifact store (gpt.store.Store), as its processes see it."""
+        from gpt.store import Store
+
+        return Store(self.env.get("GPTJOBS_ARTIFACTS_URL") or self.data_dir)
+
+    def artifacts(self, prefix: str) -> list[str]:
+        """Every key under prefix in the stack's store (hidden temp files included), sorted."""
+        store = self.store
+        if store.is_local:
+            base = store.local_path(prefix)
+            return sorted(str(f.relative_to(store.root)) for f in base.rglob("*") if f.is_file())
+        root = store.where().removeprefix("s3://").rstrip("/") + "/"
+        return sorted(k.removeprefix(root) for k in store.fs.find(store.where(prefix)))
+
+    def checkpoint(self, run_id: str, name: str = "ckpt.pt") -> dict[str, Any]:
+        """A run's checkpoint as torch loads it, from whichever store the stack has."""
+        import io
+
+        import torch
+
+        data = self.store.read_bytes(f"runs/{run_id}/{name}")
+        return dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
 
 
 # --- a careful live client ----------------------------------------------------------------
@@ -634,6 +660,32 @@ def s3_server(bucket: str = "gptjobs") -> Iterator[dict[str, str]]:
             from s3fs import S3FileSystem
 
             S3FileSystem.clear_instance_cache()
+
+
+# The store the suites' stacks keep artifacts in: GPTJOBS_TEST_STORE=directory (the default,
+# under each stack's data dir) or s3 (a prefix of its own per stack, on one moto server for
+# the whole session, started by the first stack that needs it). `make test` runs the
+# integration and fault suites in both.
+TEST_STORE = os.environ.get("GPTJOBS_TEST_STORE", "directory")
+_session_s3: contextlib.ExitStack | None = None
+
+
+def test_store_env(root: Path) -> dict[str, str]:
+    """The settings that put a stack's artifacts in the test store (none for a directory)."""
+    global _session_s3
+    if TEST_STORE == "directory":
+        return {}
+    if TEST_STORE != "s3":
+        raise SystemExit(f"GPTJOBS_TEST_STORE={TEST_STORE!r}: use directory or s3")
+    if _session_s3 is None:
+        import atexit
+
+        _session_s3 = contextlib.ExitStack()
+        # This process reads what the stacks write (Stack.store), and every child inherits it.
+        os.environ.update(_session_s3.enter_context(s3_server()))
+        atexit.register(_session_s3.close)
+    prefix = f"{root.name}-{os.urandom(4).hex()}"
+    return {"GPTJOBS_ARTIFACTS_URL": f"s3://gptjobs/{prefix}", "GPTJOBS_STORE_PART_BYTES": str(5 * 2**20)}
 
 
 def pg_bin(name: str) -> str | None:

@@ -37,16 +37,18 @@ def test_prepare_worker_killed_mid_file_is_prepared_again(stack: Stack, row: Row
         seen = wait_for(lambda: (d := client.datasets.get(ds.id)).progress.tokens > 0 and d, 60, "tokenizing", 0.02)
         t_fault = time.time()
         stack.workers[0].stop(signal.SIGKILL)
-        prepared = stack.data_dir / "datasets"
         assert client.datasets.get(ds.id).status == "preparing"
-        assert not any(prepared.glob("*/meta.json")), "a killed preparation left a directory that looks done"
+        done_looking = [k for k in stack.artifacts("datasets") if k.endswith("/meta.json")]
+        assert done_looking == [], "a killed preparation left a folder that looks done"
         stack.start_worker("prepare", wait=False)
         done = client.datasets.wait(ds.id, timeout=180, poll_s=0.2)
     assert done.status == "ready", (done.reason, stack.log_tail("prepare2"))
     want = len(GPT2Tokenizer().enc.encode_ordinary(text))
     assert done.train_tokens + done.val_tokens == want  # type: ignore[operator]
-    leftovers = [p.name for p in prepared.iterdir() if p.name.startswith(".")]
-    assert leftovers == [], leftovers  # the killed attempt's temp directory is gone too
+    # The killed attempt's scratch (on the worker's disk) is gone too, and no temp name is in the store.
+    leftovers = [p.name for p in (stack.data_dir / "cache" / "prepare").glob(f".{ds.id}.*")]
+    leftovers += [k for k in stack.artifacts("datasets") if "/." in k]
+    assert leftovers == [], leftovers
     row.recovered = "yes"
     row.recover_s = time.time() - t_fault
     row.lost = row.duplicated = 0

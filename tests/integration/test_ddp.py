@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tests.harness import FINAL, Proc, Stack, wait_for
 
@@ -49,7 +48,7 @@ def test_a_two_rank_run_is_one_stream(ddp_stack: Stack) -> None:
     assert started["world_size"] == 2 and "2 x cpu" in started["reason"], started
     assert started["tokens_per_iter"] == 2 * 4 * 32  # both ranks' micro-steps: batch 4, block 32
     assert iters(history) == list(range(30))  # one iter event per iteration, not one per rank
-    ckpt = torch.load(ddp_stack.run_dir(run["id"]) / "ckpt.pt", map_location="cpu", weights_only=True)
+    ckpt = ddp_stack.checkpoint(run["id"])
     assert len(ckpt["resume"]["ranks"]) == 2 and ckpt["iter_num"] == 30
 
 
@@ -79,7 +78,7 @@ def test_warm_shutdown_checkpoints_every_rank_and_the_run_resumes(ddp_stack: Sta
     assert w.returncode == 0, w.tail()
     queued = ddp_stack.run(run_id)
     assert queued["status"] == "queued" and "the worker shut down" in queued["reason"], queued
-    saved = torch.load(ddp_stack.run_dir(run_id) / "ckpt.pt", map_location="cpu", weights_only=True)
+    saved = ddp_stack.checkpoint(run_id)
     assert len(saved["resume"]["ranks"]) == 2
     w.start()
     done = ddp_stack.wait_status(run_id, FINAL, timeout=180)

@@ -80,6 +80,35 @@ def test_a_new_content_has_a_new_version_and_a_refused_commit_keeps_the_old(stor
     assert store.list("k") == ["x"]  # nothing half-written left under the prefix
 
 
+def test_a_big_object_is_checked_after_its_parts_and_a_refusal_leaves_no_upload(
+    s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The fence runs as late as S3 allows: with every part sent, just before the completion
+    that makes the object visible; refused, the upload is aborted (no parts left billed)."""
+    store = Store(f"s3://gptjobs/t-{tmp_path.name}", part_bytes=5 * 2**20)
+    bucket, prefix = store.url.removeprefix("s3://").split("/", 1)
+
+    def uploads() -> list[dict[str, object]]:
+        return list(store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix).get("Uploads", []))
+
+    store.put_bytes(b"previous", "runs/r/ckpt.pt")
+    big = _file(tmp_path, "big", os.urandom(12 * 2**20 + 5))  # three parts
+    seen: list[int] = []
+
+    def refuse() -> None:
+        seen.append(len(uploads()))
+        raise PermissionError("the lease is gone")
+
+    with pytest.raises(PermissionError):
+        store.put_file(big, "runs/r/ckpt.pt", before_commit=refuse)
+    assert seen == [1], "the check came before the multipart upload had its parts"
+    assert store.read_bytes("runs/r/ckpt.pt") == b"previous"
+    assert uploads() == [], "the refused upload was left open"
+
+    store.put_file(big, "runs/r/ckpt.pt", before_commit=lambda: seen.append(len(uploads())))
+    assert store.read_bytes("runs/r/ckpt.pt") == big.read_bytes() and uploads() == []
+
+
 def test_copy_delete_and_small_objects(store: Store, tmp_path: Path) -> None:
     store.put_file(_file(tmp_path, "a", b"weights"), "runs/r/ckpt.pt")
     store.copy("runs/r/ckpt.pt", "runs/r/best.pt")
