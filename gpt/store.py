@@ -225,7 +225,7 @@ class Store:
                 before_commit()
             self.fs.put_file(src, remote)
             return
-        part = self.part_bytes or self.fs.blocksize
+        part = max(self.part_bytes or self.fs.default_block_size, 5 * 2**20)  # S3's smallest part
         if os.path.getsize(src) <= part:
             if before_commit is not None:
                 before_commit()

@@ -8,6 +8,11 @@
 
 so that `pytest -m "not integration and not faults and not browser and not postgres"`
 (`make test-fast`) runs without redis-server, PostgreSQL or Chromium.
+
+The stacks keep their artifacts where GPTJOBS_TEST_STORE says (tests/harness.py): `make test`
+runs the whole suite with the directory, then the integration and fault tiers again with S3.
+A test marked `store_specific` (it picks its stores itself, or checks a directory's files,
+its S3 counterpart beside it) runs in the first pass only.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import pg_bin, postgres_server
+from tests.harness import TEST_STORE, pg_bin, postgres_server
 
 HERE = Path(__file__).resolve().parent
 TIERS = ("integration", "faults", "browser")
@@ -30,6 +35,15 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(folder)
     if "postgres_url" in getattr(item, "fixturenames", ()):
         item.add_marker("postgres")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if TEST_STORE == "directory":
+        return
+    chosen = [i for i in items if i.get_closest_marker("store_specific") is None]
+    if len(chosen) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
+        items[:] = chosen
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import FINAL, Event, Stack, Subscriber, is_final
+from tests.harness import FINAL, Event, Stack, Subscriber, is_final, s3_server
 
 __all__ = ["FINAL", "Event", "Stack", "Subscriber", "is_final"]
 
@@ -204,8 +204,28 @@ def row(request: pytest.FixtureRequest) -> Iterator[Row]:
 
 @pytest.fixture
 def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """This case's own stack, not started yet (`stack.up(...)` or `live_run(...)`)."""
-    s = Stack(tmp_path, env=FAST_LEASES, appendonly=True)
+    """This case's own stack, not started yet (`stack.up(...)` or `live_run(...)`), its
+    artifacts in the suite's test store (GPTJOBS_TEST_STORE)."""
+    yield from _own_stack(tmp_path, request, FAST_LEASES)
+
+
+@pytest.fixture
+def s3_stack(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """As `stack`, its artifacts on S3 whatever the suite's store: a moto server of its own
+    (a stand-in for S3), checkpoints uploaded in 5 MiB parts (S3's smallest)."""
+    with s3_server() as env:
+        for k, v in env.items():  # for this process's reads of the store too
+            monkeypatch.setenv(k, v)
+        url = f"s3://gptjobs/{tmp_path.name}"
+        yield from _own_stack(
+            tmp_path,
+            request,
+            {**FAST_LEASES, **env, "GPTJOBS_ARTIFACTS_URL": url, "GPTJOBS_STORE_PART_BYTES": str(5 * 2**20)},
+        )
+
+
+def _own_stack(tmp_path: Path, request: pytest.FixtureRequest, env: dict[str, str]) -> Iterator[Stack]:
+    s = Stack(tmp_path, env=env, appendonly=True)
     try:
         yield s
     finally:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from api.queue import TRAIN_QUEUE, TRAIN_TASK, make_celery
 from api.settings import Settings
 from tests.faults.conftest import (
@@ -150,6 +152,7 @@ def _kill_while_saving(worker: Proc, run_dir: Path, full_size: int, timeout: flo
     raise AssertionError("no checkpoint write caught in progress")
 
 
+@pytest.mark.store_specific  # a directory's temp file; case 15 is this on S3
 def test_worker_killed_while_writing_a_checkpoint(stack: Stack, row: Row) -> None:
     import torch
 
@@ -174,6 +177,40 @@ def test_worker_killed_while_writing_a_checkpoint(stack: Stack, row: Row) -> Non
     assert after["iter_num"] == max_iters
     assert not tmp.exists(), "the partial checkpoint file was left behind"
     row.note = f"killed writing the checkpoint of iter 20 ({tmp.name}); resumed from 10; the partial file removed"
+
+
+@pytest.mark.store_specific  # on S3 whatever the suite's store
+def test_worker_killed_while_uploading_a_checkpoint_to_s3(s3_stack: Stack, row: Row) -> None:
+    """Case 5 where the artifacts are on S3: the checkpoint goes up as a multipart upload,
+    which only its completion makes visible; the kill leaves it open, never read."""
+    row.fault = "15. train worker SIGKILLed mid-upload of a checkpoint to S3 (moto's server)"
+    stack, max_iters = s3_stack, 30
+    big = {"n_layer": 4, "n_head": 4, "n_embd": 256, "eval_iters": 2}  # ~38 MB: 8 parts of 5 MiB
+    run_id, subs = live_run(stack, max_iters, eval_interval=10, **big)
+    store = stack.store
+    bucket, prefix = store.where(f"runs/{run_id}/").removeprefix("s3://").split("/", 1)
+
+    def uploads() -> list[dict[str, Any]]:
+        return list(store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix).get("Uploads", []))
+
+    wait_for(lambda: store.exists(f"runs/{run_id}/ckpt.pt"), 90, "the first checkpoint")
+    wait_for(uploads, 90, "the second checkpoint's upload to start", 0.005)
+    stack.workers[0].stop(signal.SIGKILL)
+    t_fault = time.time()
+    open_uploads = uploads()
+    assert open_uploads, "the kill came after the upload completed"
+
+    assert stack.checkpoint(run_id)["iter_num"] == 10  # the previous checkpoint, intact and still the one read
+    stack.start_worker(wait=False)
+    _, history = finish(stack, run_id, subs, row, max_iters)
+    resumed = check_recovered(history)
+    row.recover_s = resumed["ts"] - t_fault
+    assert resumed["from_iter"] == 10, resumed
+    assert stack.checkpoint(run_id)["iter_num"] == max_iters
+    row.note = (
+        f"killed with {open_uploads[0]['Key'].rsplit('/', 1)[-1]}'s multipart upload open; resumed from 10; "
+        "the open upload is invisible (an S3 lifecycle rule aborts such uploads)"
+    )
 
 
 def test_same_message_delivered_twice(stack: Stack, row: Row) -> None:

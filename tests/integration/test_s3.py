@@ -24,6 +24,8 @@ PREFIX = "s3://gptjobs/service"
 RUN = {"max_iters": 20, "eval_interval": 10, "eval_iters": 2}
 NODES = ("train", "sample", "prepare", "train2")
 
+pytestmark = pytest.mark.store_specific  # it picks its stores itself
+
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Store]]:

@@ -20,6 +20,8 @@ import pytest
 from gpt.store import Store
 from tests.harness import ROOT, s3_server, wait_for
 
+pytestmark = pytest.mark.store_specific  # it picks its stores itself
+
 
 @pytest.fixture(scope="module")
 def s3_env() -> Iterator[dict[str, str]]:
