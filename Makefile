@@ -35,8 +35,16 @@ lint: dev
 	$(BIN)/ruff format --check $(CHECK) tests bench
 	$(BIN)/mypy $(CHECK)
 
+# The modules where artifacts are written and read (checkpoints, datasets and uploads,
+# imports and exports, samples, a DDP run's checkpoints, the worker faults around them),
+# again with every stack's artifacts on S3: moto's server on loopback, a stand-in for S3.
+S3_TESTS := tests/integration/test_runs.py tests/integration/test_weights.py \
+	tests/integration/test_datasets.py tests/integration/test_samples.py tests/integration/test_ddp.py \
+	tests/faults/test_worker_faults.py tests/faults/test_prepare_faults.py
+
 test: lint
 	$(BIN)/python -m pytest -q
+	GPTJOBS_TEST_STORE=s3 $(BIN)/python -m pytest -q $(S3_TESTS)
 
 # The tests that start no service (no redis-server, PostgreSQL or Chromium): a minute or two.
 FAST := not integration and not faults and not browser and not postgres

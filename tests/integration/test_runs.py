@@ -86,7 +86,7 @@ def test_reconnect_mid_run_then_cancel(stack: Stack) -> None:
     assert _seqs(events) == list(range(1, len(events) + 1))
     assert [e["type"] for e in events[-2:]] == ["checkpoint", "status"]
     assert events[-1]["status"] == "cancelled"
-    assert (stack.data_dir / "runs" / run["id"] / "ckpt.pt").exists()
+    assert stack.store.exists(f"runs/{run['id']}/ckpt.pt")
     assert stack.events(run["id"]) == events
     detail = stack.run(run["id"])
     assert detail["status"] == "cancelled" and "cancel" in detail["reason"]
@@ -179,7 +179,7 @@ def test_a_name_is_a_label_never_a_path(stack: Stack) -> None:
     assert run["name"] == name and run["config"]["out_dir"] == f"runs/{run['id']}"  # stored verbatim
     done = stack.wait_status(run["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded" and done["name"] == name, done["reason"]
-    assert (stack.data_dir / "runs" / run["id"] / "ckpt.pt").exists()
+    assert stack.store.exists(f"runs/{run['id']}/ckpt.pt")
     assert not (stack.data_dir / "escape").exists() and not (stack.data_dir.parent / "escape").exists()
     assert any(r["name"] == name for r in stack.http.get("/runs").json()["runs"])
 

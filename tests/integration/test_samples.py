@@ -165,6 +165,7 @@ def workerless(stack: Stack) -> Iterator[tuple[TestClient, redis.Redis]]:
     url = stack.redis_url.rsplit("/", 1)[0] + "/1"
     settings = Settings(
         data_dir=stack.data_dir,
+        artifacts_url=stack.env.get("GPTJOBS_ARTIFACTS_URL"),
         database_url=stack.env["GPTJOBS_DATABASE_URL"],
         redis_url=url,
         sample_pickup_timeout_s=1,
