@@ -9,7 +9,7 @@ for S3 or MinIO, speaking their HTTP API to the same s3fs), the directory a temp
    trained in this process by gpt.train with its checkpoints going to that store, from the
    dataset as a training worker reads it (the directory's own files, or its copy in the
    worker cache, gpt.store.Cache). Rounds alternate the two stores so that both see the same
-   machine load. Prints the median step_ms of each (bar: the store's within 3% of the
+   machine load. Prints the median step_ms of each (bar: the store's at most 3% above the
    directory's), and the mean checkpoint time of each.
 2. Checkpoint save: gpt.checkpoint.save of a state of --ckpt-mb MB of tensors, 3 times into
    each store; the median time and MB/s.
@@ -65,7 +65,10 @@ def training(stores: dict[str, Store], scratch: Path, iters: int, rounds: int) -
         for kind, store in stores.items():
             folder = cache.folder(store, "datasets/bench", names)  # fetched once, then a memmap
             out = Store(store.where(f"runs/round-{r}"))
+            # A folder is no built-in dataset: no recipe fills in shakespeare_char's one micro-step
+            # (nanoGPT's default is 40), so the config says it.
             over = {"dataset": str(folder), "max_iters": iters, "eval_interval": 50, "eval_iters": 5}
+            over["gradient_accumulation_steps"] = 1
             cfg = make_config(NANOGPT_CPU | over | {"always_save_checkpoint": True, "out_dir": out.where()})
             for ev in train(cfg, num_threads=1, out=out):
                 if ev["type"] == "iter" and ev["iter"] > 5:  # past the warm-up steps
@@ -130,9 +133,9 @@ def main() -> int:
         print(f"training, {args.rounds} rounds of {args.iters} iters each, one thread, checkpoint every 50:")
         for kind, v in t.items():
             print(f"  {kind:10s} median step {v['step_ms']:.2f} ms, checkpoint {v['ckpt_ms']:.0f} ms on average")
-        print(
-            f"  step time, store / directory: {ratio:.3f} (bar: within 3%: {'met' if abs(ratio - 1) <= 0.03 else 'NOT met'})"
-        )
+        # The cost of the store is what the bar bounds: a step may not be more than 3% slower.
+        # Both train from a memmap of the same local bytes, so a ratio below 1 is this box's noise.
+        print(f"  step time, store / directory: {ratio:.3f} (bar: <= 1.03: {'met' if ratio <= 1.03 else 'NOT met'})")
         s = saving(stores, args.ckpt_mb)
         print(f"checkpoint save of {args.ckpt_mb} MB (median of 3):")
         for kind, sec in s.items():
@@ -143,7 +146,7 @@ def main() -> int:
         print(f"  API peak RSS: {before / 2**20:.0f} MB at start, {after / 2**20:.0f} MB after")
         ok_rss = after < 300 * 2**20
         print(f"  bar: API RSS < 300 MB ({'met' if ok_rss else 'NOT met'})")
-    return 0 if abs(ratio - 1) <= 0.03 and ok_rss else 1
+    return 0 if ratio <= 1.03 and ok_rss else 1
 
 
 if __name__ == "__main__":

@@ -134,10 +134,31 @@ class Store:
             yield f
 
     def chunks(self, key: str, size: int = 2**20) -> Iterator[bytes]:
-        """The object's bytes, size at a time (a download served without holding the object)."""
+        """The object's bytes, up to size at a time (a download served without holding it).
+        On S3, one GET read as it arrives: a ranged GET per block would be a request each
+        (and a server that reads the whole object for every range, as moto's does, slows to
+        a crawl on a big one)."""
+        if self.fs is not None and "s3" in self._protocols():
+            yield from self._streamed(key, size)
+            return
         with self.open(key) as f:
             while chunk := f.read(size):
                 yield chunk
+
+    def _streamed(self, key: str, size: int) -> Iterator[bytes]:
+        from fsspec.asyn import sync
+
+        loop = self.fs.loop
+        f = sync(loop, self.fs.open_async, self._remote(key), "rb")
+        try:
+            while chunk := sync(loop, f.read, size):
+                yield chunk
+        finally:
+            if getattr(f, "r", None) is not None:  # the GET's body: its connection goes back to the pool
+                f.r.close()
+
+    def _protocols(self) -> tuple[str, ...]:
+        return self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
 
     def get_file(self, key: str, dest: Path) -> None:
         """Copy the object to a local file, which appears whole or not at all."""
@@ -218,9 +239,8 @@ class Store:
         goes up as a multipart upload whose parts are sent first, then the check, then the
         completion; a check that refuses, or any failure, aborts the upload (no parts left).
         Either way this process holds at most one part in memory."""
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         remote = self._remote(key)
-        if "s3" not in protocols:
+        if "s3" not in self._protocols():
             if before_commit is not None:
                 before_commit()
             self.fs.put_file(src, remote)

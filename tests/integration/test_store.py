@@ -64,6 +64,14 @@ def test_an_object_goes_in_and_comes_back(store: Store, tmp_path: Path) -> None:
     assert store.info("runs/r1/none.pt") is None and store.list("runs/none") == []
     with pytest.raises(FileNotFoundError), store.open("runs/r1/none.pt"):
         pass
+    with pytest.raises(FileNotFoundError):
+        next(store.chunks("runs/r1/none.pt"))
+    for _ in range(20):  # a reader that leaves early (a client gone mid-download) gives its connection back
+        left = store.chunks("runs/r1/ckpt.pt", 2**20)
+        first = next(left)  # up to 1 MiB: what has arrived
+        assert first and data.startswith(first)
+        left.close()
+    assert b"".join(store.chunks("runs/r1/ckpt.pt")) == data
 
 
 def test_a_new_content_has_a_new_version_and_a_refused_commit_keeps_the_old(store: Store, tmp_path: Path) -> None:
