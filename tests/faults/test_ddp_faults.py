@@ -26,6 +26,10 @@ from tests.harness import Proc, wait_for
 
 TWO_RANKS: dict[str, Any] = {"nproc_per_node": 2, "gradient_accumulation_steps": 2}
 GROUP = {"GPTJOBS_RENDEZVOUS_TIMEOUT_S": "8", "GPTJOBS_NODE_ADDR": "127.0.0.1"}
+# The kill must land between the checkpoints at 100 and 200 once the database holds iter
+# events past 100; it gets them in batches up to 1 s old by default, which a fast two-rank
+# run (a few ms a step) outruns by a whole checkpoint interval.
+PROMPT_DB = {"GPTJOBS_ITER_FLUSH_S": "0.1"}
 
 
 def ranks_of(stack: Stack, run_id: str, n: int = 2, timeout: float = 90) -> dict[int, int]:
@@ -40,6 +44,7 @@ def ranks_of(stack: Stack, run_id: str, n: int = 2, timeout: float = 90) -> dict
 def test_rank_killed_mid_run_resumes_from_its_checkpoint(stack: Stack, row: Row) -> None:
     row.fault = "9. a rank of a 2-rank run SIGKILLed mid-run"
     max_iters = 300
+    stack.env.update(PROMPT_DB)
     stack.up(train=0)
     stack.start_worker("train", nproc=2)
     run_id = stack.submit(run_config(max_iters, eval_interval=100, **TWO_RANKS))["id"]
@@ -92,7 +97,7 @@ def test_rank_killed_with_no_restarts_left_fails_naming_it(stack: Stack, row: Ro
 def test_two_workers_form_one_run_and_resume_after_losing_one(stack: Stack, row: Row) -> None:
     row.fault = "11. a run over 2 workers (nnodes 2, loopback): one SIGKILLed, a new one started later"
     max_iters = 300
-    stack.env.update(GROUP)
+    stack.env.update(GROUP | PROMPT_DB)
     stack.up(train=2)
     run_id = stack.submit(run_config(max_iters, eval_interval=100, nnodes=2, gradient_accumulation_steps=2))["id"]
     subs = stack.follow(run_id)
