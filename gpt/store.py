@@ -239,16 +239,14 @@ class Store:
         goes up as a multipart upload whose parts are sent first, then the check, then the
         completion; a check that refuses, or any failure, aborts the upload (no parts left).
         Either way this process holds at most one part in memory."""
-        remote = self._remote(key)
+        remote, check = self._remote(key), before_commit or (lambda: None)
         if "s3" not in self._protocols():
-            if before_commit is not None:
-                before_commit()
+            check()
             self.fs.put_file(src, remote)
             return
         part = max(self.part_bytes or self.fs.default_block_size, 5 * 2**20)  # S3's smallest part
         if os.path.getsize(src) <= part:
-            if before_commit is not None:
-                before_commit()
+            check()
             self.fs.pipe_file(remote, Path(src).read_bytes())
             return
         f = self.fs.open(remote, "wb", block_size=part, autocommit=False)
@@ -257,8 +255,7 @@ class Store:
                 while chunk := r.read(part):
                     f.write(chunk)
             f.close()  # the last part sent; the upload is still open, nothing visible
-            if before_commit is not None:
-                before_commit()
+            check()
             f.commit()
         except BaseException:
             with contextlib.suppress(Exception):

@@ -684,8 +684,23 @@ def test_store_env(root: Path) -> dict[str, str]:
         # This process reads what the stacks write (Stack.store), and every child inherits it.
         os.environ.update(_session_s3.enter_context(s3_server()))
         atexit.register(_session_s3.close)
-    prefix = f"{root.name}-{os.urandom(4).hex()}"
-    return {"GPTJOBS_ARTIFACTS_URL": f"s3://gptjobs/{prefix}", "GPTJOBS_STORE_PART_BYTES": str(5 * 2**20)}
+    return s3_settings(f"s3://gptjobs/{root.name}-{os.urandom(4).hex()}")
+
+
+S3_PART_BYTES = 5 * 2**20  # S3's smallest part: a checkpoint of a few MB goes up in several
+
+
+def s3_settings(url: str) -> dict[str, str]:
+    """The settings that put a service's artifacts at url on the test S3 server."""
+    return {"GPTJOBS_ARTIFACTS_URL": url, "GPTJOBS_STORE_PART_BYTES": str(S3_PART_BYTES)}
+
+
+def open_uploads(store: Any, key: str = "") -> list[dict[str, Any]]:
+    """The multipart uploads begun and neither completed nor aborted under key of an S3
+    store (gpt.store.Store): the objects still being written, invisible until completed."""
+    bucket, _, prefix = store.where(key).removeprefix("s3://").partition("/")
+    found = store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+    return list(found.get("Uploads", []))
 
 
 def pg_bin(name: str) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import FINAL, Event, Stack, Subscriber, is_final, s3_server
+from tests.harness import FINAL, Event, Stack, Subscriber, is_final, s3_server, s3_settings
 
 __all__ = ["FINAL", "Event", "Stack", "Subscriber", "is_final"]
 
@@ -216,12 +216,7 @@ def s3_stack(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest
     with s3_server() as env:
         for k, v in env.items():  # for this process's reads of the store too
             monkeypatch.setenv(k, v)
-        url = f"s3://gptjobs/{tmp_path.name}"
-        yield from _own_stack(
-            tmp_path,
-            request,
-            {**FAST_LEASES, **env, "GPTJOBS_ARTIFACTS_URL": url, "GPTJOBS_STORE_PART_BYTES": str(5 * 2**20)},
-        )
+        yield from _own_stack(tmp_path, request, {**FAST_LEASES, **env, **s3_settings(f"s3://gptjobs/{tmp_path.name}")})
 
 
 def _own_stack(tmp_path: Path, request: pytest.FixtureRequest, env: dict[str, str]) -> Iterator[Stack]:

@@ -29,7 +29,7 @@ from tests.faults.conftest import (
     run_config,
     statuses,
 )
-from tests.harness import Proc, wait_for
+from tests.harness import Proc, open_uploads, wait_for
 
 
 def check_recovered(events: list[Event]) -> Event:
@@ -188,17 +188,16 @@ def test_worker_killed_while_uploading_a_checkpoint_to_s3(s3_stack: Stack, row: 
     big = {"n_layer": 4, "n_head": 4, "n_embd": 256, "eval_iters": 2}  # ~38 MB: 8 parts of 5 MiB
     run_id, subs = live_run(stack, max_iters, eval_interval=10, **big)
     store = stack.store
-    bucket, prefix = store.where(f"runs/{run_id}/").removeprefix("s3://").split("/", 1)
 
     def uploads() -> list[dict[str, Any]]:
-        return list(store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix).get("Uploads", []))
+        return open_uploads(store, f"runs/{run_id}/")
 
     wait_for(lambda: store.exists(f"runs/{run_id}/ckpt.pt"), 90, "the first checkpoint")
     wait_for(uploads, 90, "the second checkpoint's upload to start", 0.005)
     stack.workers[0].stop(signal.SIGKILL)
     t_fault = time.time()
-    open_uploads = uploads()
-    assert open_uploads, "the kill came after the upload completed"
+    left_open = uploads()
+    assert left_open, "the kill came after the upload completed"
 
     assert stack.checkpoint(run_id)["iter_num"] == 10  # the previous checkpoint, intact and still the one read
     stack.start_worker(wait=False)
@@ -208,7 +207,7 @@ def test_worker_killed_while_uploading_a_checkpoint_to_s3(s3_stack: Stack, row: 
     assert resumed["from_iter"] == 10, resumed
     assert stack.checkpoint(run_id)["iter_num"] == max_iters
     row.note = (
-        f"killed with {open_uploads[0]['Key'].rsplit('/', 1)[-1]}'s multipart upload open; resumed from 10; "
+        f"killed with {left_open[0]['Key'].rsplit('/', 1)[-1]}'s multipart upload open; resumed from 10; "
         "the open upload is invisible (an S3 lifecycle rule aborts such uploads)"
     )
 

@@ -18,7 +18,7 @@ import pytest
 
 from api.cli import serve_argv
 from gpt.store import Store
-from tests.harness import Stack, free_port, s3_server, wait_for
+from tests.harness import Stack, free_port, s3_server, s3_settings, wait_for
 
 PREFIX = "s3://gptjobs/service"
 RUN = {"max_iters": 20, "eval_interval": 10, "eval_iters": 2}
@@ -33,8 +33,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Store]
     with s3_server() as env:
         settings = {
             **env,
-            "GPTJOBS_ARTIFACTS_URL": PREFIX,
-            "GPTJOBS_STORE_PART_BYTES": str(5 * 2**20),  # S3's smallest: checkpoints go up in parts
+            **s3_settings(PREFIX),  # checkpoints go up in parts
             "GPTJOBS_UPLOAD_PART_BYTES": str(100_000),  # a dataset's upload in several parts
         }
         with Stack(root / "api", env=settings) as stack:

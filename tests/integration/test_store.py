@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from gpt.store import Store
-from tests.harness import ROOT, s3_server, wait_for
+from tests.harness import ROOT, S3_PART_BYTES, open_uploads, s3_server, wait_for
 
 pytestmark = pytest.mark.store_specific  # it picks its stores itself
 
@@ -95,11 +95,10 @@ def test_a_big_object_is_checked_after_its_parts_and_a_refusal_leaves_no_upload(
 ) -> None:
     """The fence runs as late as S3 allows: with every part sent, just before the completion
     that makes the object visible; refused, the upload is aborted (no parts left billed)."""
-    store = Store(f"s3://gptjobs/t-{tmp_path.name}", part_bytes=5 * 2**20)
-    bucket, prefix = store.url.removeprefix("s3://").split("/", 1)
+    store = Store(f"s3://gptjobs/t-{tmp_path.name}", part_bytes=S3_PART_BYTES)
 
     def uploads() -> list[dict[str, object]]:
-        return list(store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix).get("Uploads", []))
+        return open_uploads(store)
 
     store.put_bytes(b"previous", "runs/r/ckpt.pt")
     big = _file(tmp_path, "big", os.urandom(12 * 2**20 + 5))  # three parts
@@ -172,13 +171,7 @@ def test_a_writer_killed_midway_leaves_the_previous_object(store: Store, tmp_pat
         assert store.root is not None
         wait_for(lambda: any((store.root / "runs/r").glob(".ckpt.pt.*.tmp")) or None, 30, "the copy to start")
     else:
-        bucket, prefix = store.url.removeprefix("s3://").split("/", 1)
-
-        def uploading() -> bool:
-            found = store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
-            return bool(found.get("Uploads"))
-
-        wait_for(uploading, 30, "the multipart upload to start")
+        wait_for(lambda: open_uploads(store), 30, "the multipart upload to start")
     p.send_signal(signal.SIGKILL)
     p.wait(10)
     assert p.returncode == -signal.SIGKILL, f"the writer finished before the kill ({time.monotonic() - started:.1f}s)"
