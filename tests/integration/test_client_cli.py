@@ -56,6 +56,13 @@ def one_clear_line(out: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def _foreground() -> None:
+    """In the child: SIGINT as a terminal's foreground job gets it. A test run started in the
+    background (`make test &`, a CI runner's job) has SIGINT ignored, and an ignored signal
+    stays ignored across exec: Python would then install no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Terminal:
     """A command in a pseudo-terminal 120 columns wide; everything it writes, as text."""
 
@@ -70,6 +77,7 @@ class Terminal:
             stdout=slave,
             stderr=slave,
             start_new_session=True,
+            preexec_fn=_foreground,
         )
         os.close(slave)
         self.master, self.buf = master, b""
