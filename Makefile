@@ -36,11 +36,13 @@ lint: dev
 	$(BIN)/mypy $(CHECK)
 
 # The modules where artifacts are written and read (checkpoints, datasets and uploads,
-# imports and exports, samples, a DDP run's checkpoints, the worker faults around them),
-# again with every stack's artifacts on S3: moto's server on loopback, a stand-in for S3.
+# imports and exports, samples, a DDP run's checkpoints, a warm shutdown's checkpoint, the
+# worker and rank faults around them), again with every stack's artifacts on S3: moto's
+# server on loopback, a stand-in for S3.
 S3_TESTS := tests/integration/test_runs.py tests/integration/test_weights.py \
 	tests/integration/test_datasets.py tests/integration/test_samples.py tests/integration/test_ddp.py \
-	tests/faults/test_worker_faults.py tests/faults/test_prepare_faults.py
+	tests/integration/test_shutdown.py tests/faults/test_worker_faults.py tests/faults/test_prepare_faults.py \
+	tests/faults/test_ddp_faults.py
 
 test: lint
 	$(BIN)/python -m pytest -q
