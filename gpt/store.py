@@ -350,7 +350,8 @@ class Cache:
     memmapped file lives on until it is unmapped, only its name goes.
 
     Several processes may share root: a folder is fetched once (the others wait on its lock)
-    into a temp directory that is renamed into place whole.
+    into a temp directory that is renamed into place whole; the next fetch of it removes
+    what a killed one left.
     """
 
     def __init__(self, root: Path, max_bytes: int) -> None:
@@ -369,6 +370,10 @@ class Cache:
         with open(self.root / f".{tag}.lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not here.is_dir():
+                # A fetch killed outright (SIGKILL, a lost machine) left its temp folder: with
+                # the lock held, no other fetch of this folder is under way to own one.
+                for orphan in self.root.glob(f".{tag}.*.part"):
+                    shutil.rmtree(orphan, ignore_errors=True)
                 tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{tag}.", suffix=".part"))
                 try:
                     for name in names:

@@ -7,6 +7,7 @@ apart; keys cannot leave the store."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,6 +188,12 @@ def test_the_cache_fetches_a_folder_once_and_keeps_within_its_bound(s3_env: dict
             store.put_file(_file(tmp_path, f"{ds}{name}", ds.encode() * 400_000), f"datasets/{ds}/{name}")
     cache = Cache(tmp_path / "cache", max_bytes=2_000_000)  # room for two of the three
     a = cache.folder(store, "datasets/a", ["train.bin", "val.bin"])
+    # What a fetch of "a" killed mid-file would have left: the next fetch of it removes it.
+    orphan = a.parent / f".{a.name}.x1y2z3.part"
+    orphan.mkdir()
+    (orphan / "train.bin").write_bytes(b"half")
+    shutil.rmtree(a)
+    assert cache.folder(store, "datasets/a", ["train.bin", "val.bin"]) == a and not orphan.exists()
     assert (a / "train.bin").read_bytes() == b"a" * 400_000
     store.delete_tree("datasets/a")
     assert cache.folder(store, "datasets/a", ["train.bin", "val.bin"]) == a  # served from disk, not fetched
