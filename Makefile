@@ -36,10 +36,10 @@ lint: dev
 	$(BIN)/mypy $(CHECK)
 
 # The modules where artifacts are written and read (checkpoints, datasets and uploads,
-# imports and exports, samples, a DDP run's checkpoints, a warm shutdown's checkpoint, the
-# worker and rank faults around them), again with every stack's artifacts on S3: moto's
-# server on loopback, a stand-in for S3.
-S3_TESTS := tests/integration/test_runs.py tests/integration/test_weights.py \
+# imports and exports, samples, the client library's downloads, a DDP run's checkpoints, a
+# warm shutdown's checkpoint, the worker and rank faults around them), again with every
+# stack's artifacts on S3: moto's server on loopback, a stand-in for S3.
+S3_TESTS := tests/integration/test_runs.py tests/integration/test_weights.py tests/integration/test_client_lib.py \
 	tests/integration/test_datasets.py tests/integration/test_samples.py tests/integration/test_ddp.py \
 	tests/integration/test_shutdown.py tests/faults/test_worker_faults.py tests/faults/test_prepare_faults.py \
 	tests/faults/test_ddp_faults.py
