@@ -425,8 +425,10 @@ class Stack:
         assert resp.status_code == 200, resp.text
         return dict(resp.json())
 
-    def wait_status(self, run_id: str, statuses: set[str] | frozenset[str], timeout: float = 120) -> dict[str, Any]:
-        """Until the run's status is one of statuses; returns the run."""
+    def wait_status(
+        self, run_id: str, statuses: set[str] | frozenset[str], timeout: float = 120, every: float = 0.1
+    ) -> dict[str, Any]:
+        """Until the run's status is one of statuses, asking every `every` s; returns the run."""
 
         def reached() -> dict[str, Any] | None:
             self.check()
@@ -434,7 +436,7 @@ class Stack:
             return run if run["status"] in statuses else None
 
         try:
-            return wait_for(reached, timeout, f"run {run_id} to be {sorted(statuses)}", 0.1)
+            return wait_for(reached, timeout, f"run {run_id} to be {sorted(statuses)}", every)
         except TimeoutError as e:
             raise AssertionError(f"{e}; it is {self.run(run_id)}") from None
 
