@@ -89,7 +89,8 @@ def worker_mode(a: argparse.Namespace) -> None:
         for _ in range(a.rounds):
             results["in-process"].append(summarize(in_process(config, str(stack.root / "datasets"), a.threads), a.skip))
             run = stack.submit(config, base={})
-            status = stack.wait_status(run["id"], FINAL, timeout=3600, every=1.0)["status"]  # gently: it shares the cores
+            # Asked once a second: polling harder would take cores from the run it measures.
+            status = stack.wait_status(run["id"], FINAL, timeout=3600, every=1.0)["status"]
             assert status == "succeeded", f"{status}; see {stack.logs}"
             results["worker"].append(summarize(stack.events(run["id"], limit=10000), a.skip))
     print(f"{a.iters} iters x {a.rounds} rounds, {a.threads} torch threads; medians per round:")
