@@ -36,6 +36,7 @@ def ranks(rounds: int, block: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     sys.path.insert(0, str(ROOT))
+    from gpt.ddp import CPU_BUCKET_MB
     from gpt.model import GPT, GPTConfig
 
     torch.set_num_threads(1)
@@ -46,7 +47,7 @@ def ranks(rounds: int, block: int) -> None:
     opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
     wrapped = {
         "ddp": DistributedDataParallel(model),
-        "ddp, one bucket": DistributedDataParallel(model, bucket_cap_mb=25),
+        "ddp, one bucket": DistributedDataParallel(model, bucket_cap_mb=CPU_BUCKET_MB),
     }
     tokens = torch.randint(0, 65, (1_000_000,))
 
